@@ -1,0 +1,129 @@
+"""Probes and /shutdown, independent of ASGI or WSGI: adapters translate a request in and a Reply out."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from graceful._lifecycle import Lifecycle
+from graceful._phase import Phase
+from graceful._policies import may_shutdown, query_flag
+
+PLAIN = b"text/plain; charset=utf-8"
+JSON = b"application/json"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: bytes = PLAIN
+    extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+    #: /shutdown?wait=1: hold the reply until the drain delay is over.
+    wait_for_drain: bool = False
+
+    def headers(self, *, head: bool = False, close: bool = False) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"content-type", self.content_type),
+            (b"content-length", str(len(self.body)).encode()),
+            # Probe answers describe this instant; a cache in between must not replay them.
+            (b"cache-control", b"no-store"),
+            *self.extra_headers,
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        return headers
+
+
+@dataclass
+class Request:
+    """The few parts of a request the control plane looks at."""
+
+    method: str
+    path: str
+    query: str = ""
+    authorization: str | None = None
+    client_host: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class ControlPlane:
+    """Answers the probe and shutdown endpoints for one lifecycle."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.lifecycle = lifecycle
+        settings = lifecycle.settings
+        self.health_path = settings.health_path
+        self.shutdown_path = settings.shutdown_path
+        self._probes = {
+            settings.health_path: self._health,
+            settings.live_path: self._live,
+            settings.ready_path: self._ready,
+            settings.startup_path: self._startup,
+        }
+
+    def handles(self, path: str) -> bool:
+        """Cheap test for the hot path: is this one of ours?"""
+        return path in self._probes or path == self.shutdown_path
+
+    def is_probe(self, path: str) -> bool:
+        return path in self._probes
+
+    def answer(self, request: Request) -> Reply:
+        if request.path == self.shutdown_path:
+            return self._shutdown(request)
+        if request.method not in ("GET", "HEAD"):
+            return Reply(405, b"method not allowed\n", extra_headers=((b"allow", b"GET, HEAD"),))
+        return self._probes[request.path]()
+
+    # -- probes: tiny bodies, nothing sensitive --------------------------------------------------
+
+    def _live(self) -> Reply:
+        # Liveness is "the process answers": it stays 200 through the whole drain, so the kubelet
+        # does not restart a pod that is merely shutting down.
+        return Reply(200, b"ok\n")
+
+    def _ready(self) -> Reply:
+        phase = self.lifecycle.phase
+        if phase.is_serving:
+            return Reply(200, b"ready\n")
+        return Reply(503, f"not ready: {phase.name.lower()}\n".encode())
+
+    def _startup(self) -> Reply:
+        if self.lifecycle.phase.is_started:
+            return Reply(200, b"started\n")
+        return Reply(503, b"starting\n")
+
+    def _health(self) -> Reply:
+        snapshot = self.lifecycle.snapshot()
+        status = 200 if snapshot["ready"] else 503
+        return Reply(status, json.dumps(snapshot).encode() + b"\n", JSON)
+
+    # -- /shutdown -------------------------------------------------------------------------------
+
+    def _shutdown(self, request: Request) -> Reply:
+        settings = self.lifecycle.settings
+        allowed_methods = ("POST", "GET") if settings.shutdown_allow_get else ("POST",)
+        if request.method not in allowed_methods:
+            return Reply(
+                405, b"method not allowed\n", extra_headers=((b"allow", ", ".join(allowed_methods).encode()),)
+            )
+        if not may_shutdown(
+            client_host=request.client_host,
+            authorization=request.authorization,
+            token=settings.shutdown_token,
+            trust_loopback=settings.shutdown_trust_loopback,
+        ):
+            # Nothing changes on a refusal; the body does not say which check failed.
+            return Reply(403, b"forbidden\n")
+        started = self.lifecycle.begin_drain(
+            f"{request.method} {self.shutdown_path} from {request.client_host}"
+        )
+        phase = self.lifecycle.phase
+        body = {
+            "phase": phase.name.lower(),
+            "drain_started": started,
+            "drain_delay_seconds": self.lifecycle.drain_delay,
+        }
+        wait = query_flag(request.query, "wait") and phase <= Phase.DRAINING
+        return Reply(202, json.dumps(body).encode() + b"\n", JSON, wait_for_drain=wait)

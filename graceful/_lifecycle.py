@@ -1,0 +1,267 @@
+"""The lifecycle of one process: phase moves, drain-clock arithmetic, in-flight accounting, listeners.
+
+The truth lives on the state board (shared with the supervisor or sibling workers); this object is
+the process's handle on it. Nobody else keeps booleans about "am I shutting down".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from graceful._board import (
+    SLOT_IN_FLIGHT,
+    SLOT_REQUESTS,
+    SLOT_WEBSOCKETS,
+    StateBoard,
+)
+from graceful._phase import Phase
+from graceful._settings import Settings
+
+logger = logging.getLogger("graceful")
+
+STATE_ENV = "GRACEFUL_STATE"
+
+Clock = Callable[[], float]
+Listener = Callable[[Phase, Phase], None]
+
+
+class Lifecycle:
+    """One process's view of the instance lifecycle.
+
+    ``external`` is True when the board belongs to an outer component (the supervisor, via
+    ``GRACEFUL_STATE``): that component owns the drain clock, and inner ones add no second delay.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        board: StateBoard | None = None,
+        external: bool = False,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.clock = clock
+        self.board = board if board is not None else StateBoard.create(now=clock())
+        self.external = external
+        self._listeners: list[Listener] = []
+        self._seen_phase = self.board.phase
+        self._events: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+        self._count_lock = threading.Lock()
+        self._notify_lock = threading.Lock()
+        self._claim_slot()
+        os.register_at_fork(after_in_child=self._claim_slot)
+
+    @classmethod
+    def from_env(cls, settings: Settings | None = None, *, clock: Clock = time.monotonic) -> Lifecycle:
+        """The entry-point constructor: settings from ``GRACEFUL_*``, board from ``GRACEFUL_STATE``."""
+        settings = settings if settings is not None else Settings.from_env()
+        path = os.environ.get(STATE_ENV)
+        if path:
+            return cls(settings, board=StateBoard.attach(path), external=True, clock=clock)
+        return cls(settings, clock=clock)
+
+    def _claim_slot(self) -> None:
+        # Called again in a forked child: the child must not count into its parent's slot.
+        self.pid = os.getpid()
+        self.slot = self.board.claim_slot(self.pid)
+        self._slot_base = self.board.slot_offset(self.slot)
+        self._slot_ints = self.board.slot_ints
+        self._in_flight = 0
+        self._requests = 0
+
+    def close(self) -> None:
+        """Give the slot back (the process is done serving)."""
+        self.board.release_slot(self.slot)
+
+    # -- phase ---------------------------------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        return self.board.phase
+
+    @property
+    def is_ready(self) -> bool:
+        """Readiness: in rotation (WARMING or READY)."""
+        return self.board.phase.is_serving
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(old, new)`` on every phase change this process makes or notices (``poll``)."""
+        self._listeners.append(listener)
+
+    def move_to(self, target: Phase) -> bool:
+        """Move the shared phase to ``target``; False if not allowed now (e.g. already past it)."""
+        left = self.board.move_to(target, now=self.clock())
+        if left is None:
+            return False
+        logger.info("graceful: phase %s -> %s", left.name, target.name)
+        self._notify()
+        return True
+
+    def open_gate(self) -> bool:
+        """The server has started: leave STARTING."""
+        return self.move_to(Phase.READY)
+
+    def begin_drain(self, reason: str) -> bool:
+        """Start termination: readiness fails from now on. Idempotent: True only the first time."""
+        started = self.move_to(Phase.DRAINING)
+        if started:
+            logger.warning(
+                "graceful: draining (%s): readiness fails now, serving continues for %.1f s",
+                reason,
+                self.drain_delay,
+            )
+        return started
+
+    def begin_stop(self) -> bool:
+        """The drain delay is over (or skipped): the server closes its listeners now."""
+        return self.move_to(Phase.STOPPING)
+
+    def mark_stopped(self) -> bool:
+        return self.move_to(Phase.STOPPED)
+
+    def poll(self) -> Phase:
+        """Read the shared phase and tell listeners if another process changed it."""
+        self._notify()
+        return self._seen_phase
+
+    def _notify(self) -> None:
+        # One call per observed change; a jump over several phases (another process moved twice
+        # between two polls) is reported as one (old, new) pair.
+        with self._notify_lock:
+            old, current = self._seen_phase, self.board.phase
+            if current == old:
+                return
+            self._seen_phase = current
+        if current.is_terminating and not old.is_terminating:
+            self._set_drain_events()
+        for listener in list(self._listeners):
+            try:
+                listener(old, current)
+            except Exception:
+                logger.exception("graceful: phase listener %r failed", listener)
+
+    # -- drain clock ---------------------------------------------------------------------------
+
+    def claim_drain_clock(self) -> None:
+        """Record this process as the one that turns DRAINING into STOPPING, with its delay."""
+        self.board.claim_drain_clock(self.pid, self.settings.drain_delay)
+
+    @property
+    def drain_delay(self) -> float:
+        """The delay in force: the clock owner's (from the board) if one registered, else ours."""
+        published = self.board.drain_delay
+        return self.settings.drain_delay if published is None else published
+
+    def drain_deadline(self) -> float | None:
+        """When the drain delay ends (monotonic seconds), or None while not terminating."""
+        started = self.board.drain_started_at
+        return None if started is None else started + self.drain_delay
+
+    def drain_delay_over(self) -> bool:
+        deadline = self.drain_deadline()
+        return deadline is not None and self.clock() >= deadline
+
+    def draining_event(self) -> asyncio.Event:
+        """An event of the running loop that is set when termination begins.
+
+        Long-lived handlers (websockets, server-sent events) await it to close politely (1001 Going
+        Away, a final event) instead of being cut when the server stops.
+        """
+        loop = asyncio.get_running_loop()
+        event = self._events.get(loop)
+        if event is None:
+            event = self._events[loop] = asyncio.Event()
+            if self.board.phase.is_terminating:
+                event.set()
+        return event
+
+    def _set_drain_events(self) -> None:
+        for loop, event in list(self._events.items()):
+            if loop.is_closed():
+                del self._events[loop]
+                continue
+            # Always through the loop's self-pipe: this may run in a signal handler or another
+            # thread, where touching the loop's internals directly is not safe.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+
+    # -- in-flight accounting --------------------------------------------------------------------
+    # One slot per process; only this process writes it. Threads of a WSGI server share the slot,
+    # so the read-modify-write is under a lock; the asyncio path runs on one thread and skips it.
+
+    def request_started(self) -> None:
+        ints, base = self._slot_ints, self._slot_base
+        ints[base + SLOT_IN_FLIGHT] += 1
+        ints[base + SLOT_REQUESTS] += 1
+
+    def request_finished(self) -> None:
+        self._slot_ints[self._slot_base + SLOT_IN_FLIGHT] -= 1
+
+    def request_started_threadsafe(self) -> None:
+        with self._count_lock:
+            self.request_started()
+
+    def request_finished_threadsafe(self) -> None:
+        with self._count_lock:
+            self.request_finished()
+
+    def websocket_opened(self) -> None:
+        self._slot_ints[self._slot_base + SLOT_WEBSOCKETS] += 1
+
+    def websocket_closed(self) -> None:
+        self._slot_ints[self._slot_base + SLOT_WEBSOCKETS] -= 1
+
+    @property
+    def in_flight(self) -> int:
+        """In-flight requests (websockets included) across every process on the board."""
+        return sum(slot.in_flight for slot in self.board.read_slots())
+
+    @property
+    def local_in_flight(self) -> int:
+        return int(self._slot_ints[self._slot_base + SLOT_IN_FLIGHT])
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``GET /healthz`` shows. Nothing sensitive: no settings, tokens, paths or addresses."""
+        now = self.clock()
+        board = self.board
+        slots = board.read_slots()
+        phase = board.phase
+        drain_started = board.drain_started_at
+        return {
+            "phase": phase.name.lower(),
+            "ready": phase.is_serving,
+            "in_flight": sum(slot.in_flight for slot in slots),
+            "websockets": sum(slot.websockets for slot in slots),
+            "requests": sum(slot.requests for slot in slots),
+            "processes": len(slots),
+            "uptime_seconds": round(now - board.created_at, 3),
+            "draining_seconds": None if drain_started is None else round(now - drain_started, 3),
+        }
+
+
+_default: Lifecycle | None = None
+_default_lock = threading.Lock()
+
+
+def get_lifecycle() -> Lifecycle:
+    """The process's lifecycle, made on first use from the environment (``GRACEFUL_*``)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Lifecycle.from_env()
+        return _default
+
+
+def set_lifecycle(lifecycle: Lifecycle | None) -> None:
+    """Replace the process's lifecycle (entry points that build their own; tests)."""
+    global _default
+    with _default_lock:
+        _default = lifecycle

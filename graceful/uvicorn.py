@@ -1,0 +1,191 @@
+"""Run any ASGI app on uvicorn, single process, with the full drain. No supervisor needed.
+
+    python -m graceful.uvicorn [--drain-delay S] [--drain-timeout S] APP [every uvicorn option]
+    graceful.uvicorn.run(app, host="0.0.0.0", port=8000)
+
+On SIGTERM:
+  1. readiness fails at once (the phase moves to DRAINING), every request is still served, and
+     responses carry ``Connection: close`` so keep-alive clients move to other instances;
+  2. after ``drain_delay`` uvicorn's own shutdown runs: it closes the listeners and waits for
+     in-flight requests, bounded by ``drain_timeout`` (uvicorn's ``timeout_graceful_shutdown``);
+  3. the process exits 0.
+A second SIGTERM, or SIGINT (Ctrl-C), skips what is left of the delay; a second SIGINT during the
+stop cuts in-flight work (uvicorn's "force exit"). Under ``graceful-run`` (``GRACEFUL_STATE`` set)
+the supervisor owns the drain clock and SIGTERM stops at once: there is no second delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from graceful._lifecycle import Lifecycle, get_lifecycle
+from graceful._phase import Phase
+from graceful._settings import Settings, SettingsError
+from graceful.asgi import GracefulMiddleware
+
+__all__ = ["GracefulServer", "main", "run"]
+
+
+def _find_middleware(app: Any, depth: int = 16) -> GracefulMiddleware | None:
+    """The GracefulMiddleware somewhere in a chain of ``.app`` wrappers (uvicorn adds a few)."""
+    for _ in range(depth):
+        if isinstance(app, GracefulMiddleware):
+            return app
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's Server with the drain clock in front of its shutdown."""
+
+    def __init__(self, config: uvicorn.Config, *, settings: Settings | None = None) -> None:
+        super().__init__(config)
+        self._settings = settings
+        self.lifecycle: Lifecycle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._owns_clock = False
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        config = self.config
+        if not config.loaded:
+            config.load()  # imports the app, which may build the middleware and its lifecycle
+        lifecycle = self.lifecycle = self._adopt_middleware(config)
+        if config.timeout_graceful_shutdown is None:
+            config.timeout_graceful_shutdown = lifecycle.settings.drain_timeout  # type: ignore[assignment]
+        # The outermost component that knows about graceful owns the clock: the supervisor if there
+        # is one (it published a board through GRACEFUL_STATE), else this server.
+        self._owns_clock = not lifecycle.external
+        if self._owns_clock:
+            lifecycle.claim_drain_clock()
+        self._loop = asyncio.get_running_loop()
+        try:
+            await super().serve(sockets)
+        finally:
+            lifecycle.begin_stop()
+            lifecycle.mark_stopped()
+
+    def _adopt_middleware(self, config: uvicorn.Config) -> Lifecycle:
+        middleware = _find_middleware(config.loaded_app)
+        if middleware is None:
+            # The app is not wrapped: wrap it, outermost, so /shutdown sees the real peer address.
+            lifecycle = get_lifecycle()
+            if self._settings is not None:
+                lifecycle.settings = self._settings
+            config.loaded_app = GracefulMiddleware(config.loaded_app, lifecycle=lifecycle)
+            return lifecycle
+        if self._settings is not None:
+            middleware.lifecycle.settings = self._settings
+        return middleware.lifecycle
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        lifecycle, loop = self.lifecycle, self._loop
+        if lifecycle is None or loop is None:  # signal before serve() set up: uvicorn's behaviour
+            super().handle_exit(sig, frame)
+            return
+        if (
+            self._owns_clock
+            and sig == signal.SIGTERM
+            and lifecycle.phase < Phase.DRAINING
+            and lifecycle.settings.drain_delay > 0
+        ):
+            # 1. Start the drain; on_tick ends it when the delay is over. Via the loop's self-pipe,
+            #    because this runs in a signal handler between two bytecodes of the main thread.
+            loop.call_soon_threadsafe(lifecycle.begin_drain, "SIGTERM")
+            return
+        # A second signal, SIGINT, no delay, or the supervisor's forwarded SIGTERM: stop now.
+        # Unlike uvicorn we do not re-raise the signal after the stop: a drained exit is status 0.
+        loop.call_soon_threadsafe(lifecycle.begin_stop)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        lifecycle = self.lifecycle
+        if lifecycle is not None:
+            phase = lifecycle.poll()
+            # 2. The delay is over (whoever started the drain: SIGTERM or /shutdown): stop serving.
+            if self._owns_clock and phase is Phase.DRAINING and lifecycle.drain_delay_over():
+                lifecycle.begin_stop()
+                phase = Phase.STOPPING
+            if phase >= Phase.STOPPING:
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def run(app: Any, *, settings: Settings | None = None, **uvicorn_options: Any) -> None:
+    """Like ``uvicorn.run`` (single process), with the drain. ``settings`` default to ``GRACEFUL_*``."""
+    if uvicorn_options.get("workers", 1) not in (None, 1) or uvicorn_options.get("reload"):
+        raise ValueError("graceful.uvicorn.run serves one process; for workers use the gunicorn integration")
+    config = uvicorn.Config(app, **uvicorn_options)
+    server = GracefulServer(config, settings=settings)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE
+
+
+_OWN_OPTIONS = {"--drain-delay": "GRACEFUL_DRAIN_DELAY", "--drain-timeout": "GRACEFUL_DRAIN_TIMEOUT"}
+USAGE = (
+    "usage: python -m graceful.uvicorn [--drain-delay SECONDS] [--drain-timeout SECONDS] "
+    "APP [uvicorn options...]\n"
+    "       (see `uvicorn --help` for its options; --workers and --reload are not supported)"
+)
+
+
+def _split_own_options(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Take our options out of argv (anywhere, ``--opt V`` or ``--opt=V``); the rest is uvicorn's."""
+    own: dict[str, str] = {}
+    rest: list[str] = []
+    items = list(argv)
+    index = 0
+    while index < len(items):
+        item = items[index]
+        name, has_value, value = item.partition("=")
+        if name in _OWN_OPTIONS:
+            if not has_value:
+                if index + 1 >= len(items):
+                    raise SettingsError(f"{name} needs a value in seconds")
+                index += 1
+                value = items[index]
+            own[_OWN_OPTIONS[name]] = value
+        else:
+            rest.append(item)
+        index += 1
+    return own, rest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m graceful.uvicorn`` and ``graceful-uvicorn``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        own, rest = _split_own_options(args)
+        # Our flags act as environment variables: keyword arguments in the app's code still win.
+        os.environ.update(own)
+        Settings.from_env()  # fail now, naming the variable, not after the app was imported
+    except SettingsError as exc:
+        print(f"graceful.uvicorn: {exc}\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    if any(arg == "--reload" or arg.startswith(("--workers", "--reload")) for arg in rest):
+        print(f"graceful.uvicorn: --workers and --reload are not supported\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    # uvicorn.main.run builds `Server(config=config)` from its module namespace: swap in ours and
+    # keep every one of uvicorn's command-line options for free.
+    # (`uvicorn.main` the attribute is the click command; the module must be looked up by name.)
+    uvicorn_main_module = importlib.import_module("uvicorn.main")
+    uvicorn_main_module.Server = GracefulServer
+    uvicorn_main_module.main.main(args=rest, prog_name="python -m graceful.uvicorn")
+
+
+if __name__ == "__main__":
+    main()
