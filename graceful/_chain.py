@@ -54,7 +54,8 @@ def chain_server_signals(lifecycle: Lifecycle, loop: asyncio.AbstractEventLoop) 
     if threading.current_thread() is not threading.main_thread():
         logger.warning(
             "graceful: the server runs outside the main thread, so SIGTERM cannot be intercepted; "
-            "readiness and /shutdown work, but the drain delay needs graceful-run or python -m graceful.uvicorn"
+            "readiness and /shutdown work, but the drain delay needs graceful-run or "
+            "python -m graceful.uvicorn"
         )
         return None
     if "gunicorn" in sys.modules:

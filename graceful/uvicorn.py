@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # keep every one of uvicorn's command-line options for free.
     # (`uvicorn.main` the attribute is the click command; the module must be looked up by name.)
     uvicorn_main_module = importlib.import_module("uvicorn.main")
-    uvicorn_main_module.Server = GracefulServer
+    uvicorn_main_module.Server = GracefulServer  # type: ignore[attr-defined]
     uvicorn_main_module.main.main(args=rest, prog_name="python -m graceful.uvicorn")
 
 
