@@ -90,17 +90,17 @@ class StateBoard:
         self._header = view[:_HEADER_BYTES].cast("q")
         self._times = view[_HEADER_BYTES : _HEADER_BYTES + _TIMES_BYTES].cast("d")
         if self._header[_H_MAGIC] != MAGIC:
-            self._release()
+            self._release(close_fd=False)  # the caller owns the fd until we succeed
             raise BoardError(f"{path} is not a graceful state board (bad magic number)")
         if self._header[_H_VERSION] != VERSION:
             version = self._header[_H_VERSION]
-            self._release()
+            self._release(close_fd=False)  # the caller owns the fd until we succeed
             raise BoardError(
                 f"state board {path} has layout version {version}; this graceful reads {VERSION}"
             )
         self.slots = int(self._header[_H_SLOTS])
         if size < board_size(self.slots):
-            self._release()
+            self._release(close_fd=False)  # the caller owns the fd until we succeed
             raise BoardError(f"state board {path} is truncated: {size} bytes for {self.slots} slots")
         self._slot_ints = view[_HEADER_BYTES + _TIMES_BYTES : board_size(self.slots)].cast("q")
         # POSIX record locks exclude other processes but not other threads of this one.
@@ -158,15 +158,16 @@ class StateBoard:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
 
-    def _release(self) -> None:
+    def _release(self, *, close_fd: bool = True) -> None:
         for view_name in ("_slot_ints", "_times", "_header"):
             view = self.__dict__.pop(view_name, None)
             if view is not None:
                 view.release()
         with contextlib.suppress(Exception):
             self._map.close()
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        if close_fd:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

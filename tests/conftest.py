@@ -1,0 +1,34 @@
+"""Shared fixtures: a fresh lifecycle per test, free ports, and the anyio backend."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+import graceful
+from graceful import Lifecycle, Settings
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def lifecycle() -> Iterator[Lifecycle]:
+    """A private lifecycle on its own anonymous board, set as the process default for the test."""
+    made = Lifecycle(Settings(drain_delay=0.3, drain_timeout=2.0))
+    graceful.set_lifecycle(made)
+    try:
+        yield made
+    finally:
+        graceful.set_lifecycle(None)
+        made.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
