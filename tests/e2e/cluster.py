@@ -82,6 +82,17 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _pod_log_tail(path: Path, lines: int = 30) -> str:
+    """The last lines that are not access-log lines (startup, drain, shutdown, tracebacks), then
+    the last few lines of all: under load the plain tail would be nothing but access-log lines."""
+    try:
+        all_lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"<cannot read {path}: {exc}>"
+    events = [line for line in all_lines if '" ' not in line or "HTTP/1.1" not in line]
+    return "\n".join([*events[-lines:], "... last lines:", *all_lines[-8:]])
+
+
 # -- the balancer --------------------------------------------------------------------------------
 
 
@@ -252,7 +263,7 @@ class Pod:
         return self.exited_at - self.sigterm_at
 
     def log_tail(self, lines: int = 30) -> str:
-        return _tail(self.log_path, lines)
+        return _pod_log_tail(self.log_path, lines)
 
 
 class Cluster:
@@ -486,7 +497,12 @@ class Cluster:
 
 @contextlib.contextmanager
 def cluster(
-    *, lag: float = 2.0, probe_period: float = 0.3, grace: float = 30.0, slots: int = 8, keep_dir: bool = False
+    *,
+    lag: float = 2.0,
+    probe_period: float = 0.3,
+    grace: float = 30.0,
+    slots: int = 8,
+    keep_dir: bool = False,
 ) -> Iterator[Cluster]:
     """A balancer and a kubelet in a temporary directory; everything is killed on the way out."""
     workdir = Path(tempfile.mkdtemp(prefix="graceful-e2e-"))
@@ -529,6 +545,7 @@ class PodReport:
     exit_status: int | None
     sigkilled: bool
     pre_stop: str
+    pre_stop_seconds: float | None
     log_tail: str
 
 
@@ -570,7 +587,8 @@ class RolloutReport:
             exit_seconds = "-" if pod.term_to_exit is None else f"{pod.term_to_exit:.2f} s"
             lines.append(
                 f"  pod {pod.name}: SIGTERM->exit {exit_seconds}, status {pod.exit_status}, "
-                f"SIGKILL {'yes' if pod.sigkilled else 'no'}{', preStop ' + pod.pre_stop if pod.pre_stop else ''}"
+                f"SIGKILL {'yes' if pod.sigkilled else 'no'}"
+                + (f", preStop {pod.pre_stop} ({pod.pre_stop_seconds:.2f} s)" if pod.pre_stop else "")
             )
         lines.extend(f"  failure sample: {sample}" for sample in load.samples)
         lines.extend(f"  harness error: {error}" for error in self.errors)
@@ -598,7 +616,10 @@ def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
         load: Load | None = None
         result: LoadResult | None = None
         try:
-            old = [kube.start_pod(f"{scenario.name}-old{number}", scenario.spec) for number in range(scenario.pods)]
+            old = [
+                kube.start_pod(f"{scenario.name}-old{number}", scenario.spec)
+                for number in range(scenario.pods)
+            ]
             for pod in old:
                 kube.wait_added(pod)
             load = Load(LOCALHOST, kube.balancer.port, scenario.load)
@@ -621,6 +642,7 @@ def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
                     exit_status=pod.exit_status,
                     sigkilled=pod.sigkilled,
                     pre_stop=pod.pre_stop_result,
+                    pre_stop_seconds=pod.pre_stop_seconds,
                     log_tail=pod.log_tail(),
                 )
                 for pod in kube.pods

@@ -148,7 +148,10 @@ class Load:
         for kind, count in self.config.counts().items():
             for number in range(count):
                 thread = threading.Thread(
-                    target=self._guarded, args=(kind, workers[kind]), name=f"load-{kind}-{number}", daemon=True
+                    target=self._guarded,
+                    args=(kind, workers[kind]),
+                    name=f"load-{kind}-{number}",
+                    daemon=True,
                 )
                 self._threads.append(thread)
                 thread.start()
@@ -256,7 +259,11 @@ class Load:
             iteration += 1
             try:
                 connection = ws_connect(
-                    self.ws_url, open_timeout=CLIENT_TIMEOUT, close_timeout=2.0, proxy=None, ping_interval=None
+                    self.ws_url,
+                    open_timeout=CLIENT_TIMEOUT,
+                    close_timeout=2.0,
+                    proxy=None,
+                    ping_interval=None,
                 )
             except (OSError, InvalidHandshake, EOFError) as exc:
                 self.record(kind, classify_ws_open(exc), repr(exc))
