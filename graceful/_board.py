@@ -44,7 +44,14 @@ _H_MAGIC, _H_VERSION, _H_SLOTS, _H_PHASE, _H_OWNER_PID, _H_DRAINS = range(6)
 # times
 _T_CREATED, _T_PHASE_CHANGED, _T_DRAIN_STARTED, _T_STOP_STARTED, _T_STARTED, _T_DRAIN_DELAY = range(6)
 # slot ints
-_S_PID, _S_IN_FLIGHT, _S_REQUESTS, _S_WEBSOCKETS, _S_SHED = range(5)
+_S_PID, _S_TRAFFIC, _S_WEBSOCKETS, _S_SHED = range(4)
+
+# A slot's in-flight count and request total share one int64, so the hot path counts a request
+# with a single add: ``traffic += REQUEST_STARTED`` at the start, ``traffic -= 1`` at the end.
+# Low 20 bits: in flight (a process never holds a million requests at once); the rest: total.
+REQUEST_UNIT = 1 << 20
+IN_FLIGHT_MASK = REQUEST_UNIT - 1
+REQUEST_STARTED = REQUEST_UNIT + 1
 
 _HEADER_BYTES = HEADER_INTS * 8
 _TIMES_BYTES = TIMES * 8
@@ -243,14 +250,6 @@ class StateBoard:
         self._times[_T_DRAIN_DELAY] = drain_delay
         self._header[_H_OWNER_PID] = pid
 
-    @property
-    def terminating_flag(self) -> tuple[memoryview, int, int]:
-        """(view, index, threshold) such that ``view[index] >= threshold`` means terminating.
-
-        For hot paths: one indexed read instead of a property call and an enum construction.
-        """
-        return self._header, _H_PHASE, int(Phase.DRAINING)
-
     # -- slots ---------------------------------------------------------------------------------
 
     def claim_slot(self, pid: int) -> int:
@@ -296,8 +295,8 @@ class StateBoard:
                     SlotView(
                         index=index,
                         pid=int(pid),
-                        in_flight=int(self._slot_ints[base + _S_IN_FLIGHT]),
-                        requests=int(self._slot_ints[base + _S_REQUESTS]),
+                        in_flight=int(self._slot_ints[base + _S_TRAFFIC]) & IN_FLIGHT_MASK,
+                        requests=int(self._slot_ints[base + _S_TRAFFIC]) >> 20,
                         websockets=int(self._slot_ints[base + _S_WEBSOCKETS]),
                         shed=int(self._slot_ints[base + _S_SHED]),
                     )
@@ -306,13 +305,7 @@ class StateBoard:
 
 
 # Offsets of a slot's fields, for writers that hold a slot (see Lifecycle).
-SLOT_PID, SLOT_IN_FLIGHT, SLOT_REQUESTS, SLOT_WEBSOCKETS, SLOT_SHED = (
-    _S_PID,
-    _S_IN_FLIGHT,
-    _S_REQUESTS,
-    _S_WEBSOCKETS,
-    _S_SHED,
-)
+SLOT_PID, SLOT_TRAFFIC, SLOT_WEBSOCKETS, SLOT_SHED = _S_PID, _S_TRAFFIC, _S_WEBSOCKETS, _S_SHED
 
 
 def _pid_alive(pid: int) -> bool:

@@ -62,9 +62,11 @@ class ControlPlane:
             settings.startup_path: self._startup,
         }
 
+        #: Every path answered here (a frozenset: one hash lookup on the hot path).
+        self.paths = frozenset({*self._probes, self.shutdown_path})
+
     def handles(self, path: str) -> bool:
-        """Cheap test for the hot path: is this one of ours?"""
-        return path in self._probes or path == self.shutdown_path
+        return path in self.paths
 
     def is_probe(self, path: str) -> bool:
         return path in self._probes

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from graceful._board import (
-    SLOT_IN_FLIGHT,
-    SLOT_REQUESTS,
+    IN_FLIGHT_MASK,
+    REQUEST_STARTED,
+    SLOT_TRAFFIC,
     SLOT_WEBSOCKETS,
     StateBoard,
 )
@@ -53,9 +54,14 @@ class Lifecycle:
         self.external = external
         self._listeners: list[Listener] = []
         self._seen_phase = self.board.phase
+        #: ``terminating[0]``: a cache of "the board says DRAINING or later", for hot paths. Set on
+        #: every phase change this process makes, and by ``poll`` (the middleware's watcher reads
+        #: the board every 50 ms) when another process made it.
+        self.terminating = [self._seen_phase.is_terminating]
         self._events: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
         self._count_lock = threading.Lock()
         self._notify_lock = threading.Lock()
+        self.traffic_cell: list[Any] = []
         self._claim_slot()
         os.register_at_fork(after_in_child=self._claim_slot)
 
@@ -74,6 +80,10 @@ class Lifecycle:
         self.slot = self.board.claim_slot(self.pid)
         self._slot_base = self.board.slot_offset(self.slot)
         self._slot_ints = self.board.slot_ints
+        # For hot paths that count inline: ``counters, index = traffic_cell``, then
+        # ``counters[index] += REQUEST_STARTED`` when a request starts and ``-= 1`` when it ends.
+        # Changed in place after a fork, so holders of the list see the child's slot.
+        self.traffic_cell[:] = [self._slot_ints, self._slot_base + SLOT_TRAFFIC]
         self._in_flight = 0
         self._requests = 0
 
@@ -141,6 +151,7 @@ class Lifecycle:
                 return
             self._seen_phase = current
         if current.is_terminating and not old.is_terminating:
+            self.terminating[0] = True
             self._set_drain_events()
         for listener in list(self._listeners):
             try:
@@ -198,12 +209,10 @@ class Lifecycle:
     # so the read-modify-write is under a lock; the asyncio path runs on one thread and skips it.
 
     def request_started(self) -> None:
-        ints, base = self._slot_ints, self._slot_base
-        ints[base + SLOT_IN_FLIGHT] += 1
-        ints[base + SLOT_REQUESTS] += 1
+        self._slot_ints[self._slot_base + SLOT_TRAFFIC] += REQUEST_STARTED
 
     def request_finished(self) -> None:
-        self._slot_ints[self._slot_base + SLOT_IN_FLIGHT] -= 1
+        self._slot_ints[self._slot_base + SLOT_TRAFFIC] -= 1
 
     def request_started_threadsafe(self) -> None:
         with self._count_lock:
@@ -226,7 +235,7 @@ class Lifecycle:
 
     @property
     def local_in_flight(self) -> int:
-        return int(self._slot_ints[self._slot_base + SLOT_IN_FLIGHT])
+        return int(self._slot_ints[self._slot_base + SLOT_TRAFFIC]) & IN_FLIGHT_MASK
 
     def snapshot(self) -> dict[str, Any]:
         """What ``GET /healthz`` shows. Nothing sensitive: no settings, tokens, paths or addresses."""
