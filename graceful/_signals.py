@@ -47,12 +47,14 @@ def signal_number(text: str, *, field: str) -> int:
     else:
         name = raw.upper()
         name = name if name.startswith("SIG") else "SIG" + name
-        number = _real_time_number(name)
-        if number is None:
-            member = getattr(signal, name, None)
-            if not isinstance(member, signal.Signals):
-                raise PolicyError(f"{field}={text!r} is not a signal; allowed: a number or a name like TERM")
+        real_time = _real_time_number(name)
+        member = getattr(signal, name, None)
+        if real_time is not None:
+            number = real_time
+        elif isinstance(member, signal.Signals):
             number = int(member)
+        else:
+            raise PolicyError(f"{field}={text!r} is not a signal; allowed: a number or a name like TERM")
     if number not in signal.valid_signals():
         raise PolicyError(
             f"{field}={text!r} is not a valid signal; allowed: 1 to 31 and {int(signal.SIGRTMIN)} to "
@@ -99,7 +101,9 @@ def parse_rewrite(text: str, *, field: str = "--rewrite") -> tuple[int, int]:
 
 def rewrite_table(rewrites: list[tuple[int, int]], *, single_child: bool) -> dict[int, int]:
     """The rewrite table in force: dumb-init's job-control defaults (group mode), then the user's."""
-    table = {} if single_child else {sig: int(signal.SIGSTOP) for sig in JOB_CONTROL_STOPS}
+    table: dict[int, int] = {}
+    if not single_child:
+        table.update((int(sig), int(signal.SIGSTOP)) for sig in JOB_CONTROL_STOPS)
     table.update(rewrites)
     return table
 

@@ -1,0 +1,366 @@
+"""graceful-run: the PID-1 supervisor. Spawn, forward signals, reap zombies, own the drain clock.
+
+    graceful-run [OPTIONS] [--] COMMAND [ARGS...]        (also: python -m graceful.supervisor)
+
+On the drain signal (SIGTERM):
+  1. the state board moves to DRAINING at once: the app's readiness fails within milliseconds,
+     and everything is still served;
+  2. after ``--drain-delay`` the board moves to STOPPING and SIGTERM goes to the child's group;
+  3. after ``--drain-timeout`` whatever is left gets SIGKILL;
+  4. graceful-run exits with the child's status (128+N if it died of signal N).
+A ``/shutdown`` call inside the app writes DRAINING to the board; the wait loop reads the board every
+``--poll-interval`` and runs the same steps from the drain's start. A second SIGTERM during the
+delay forwards at once. SIGINT (Ctrl-C in a terminal) means "stop now": it is forwarded at once,
+skips the delay, and the drain timeout still bounds the stop; a second Ctrl-C is forwarded again
+(uvicorn's "force exit"). Every other signal is forwarded at once, after ``-r`` rewrites.
+
+This module imports nothing of the web stack (no asyncio, no logging): its start-up is a product figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+
+from graceful._board import StateBoard
+from graceful._phase import Phase
+from graceful._signals import (
+    JOB_CONTROL_STOPS,
+    exit_status,
+    forward_deadline,
+    forwardable_signals,
+    kill_deadline,
+    rewrite,
+    rewrite_table,
+    signal_name,
+    spawn_failure_status,
+    wait_timeout,
+)
+from graceful._supervisor_cli import USAGE, Exit, Options, UsageError, parse_args
+
+# graceful._lifecycle.STATE_ENV; not imported from there: that module pulls in asyncio.
+STATE_ENV = "GRACEFUL_STATE"
+# prctl(2) options, from <linux/prctl.h>.
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+# After SIGKILL, how long the group may take to disappear before we stop waiting (bounded loops).
+KILL_GRACE = 2.0
+
+
+class Log:
+    """One-line messages on stderr. 0: nothing, 1: errors and drain steps, 2: signals, 3: reaping."""
+
+    def __init__(self, verbosity: int) -> None:
+        self.verbosity = verbosity
+
+    def __call__(self, level: int, message: str) -> None:
+        if level <= self.verbosity:
+            # stderr closed or a broken pipe: never die of a log line.
+            with contextlib.suppress(OSError):
+                os.write(2, f"graceful-run: {message}\n".encode(errors="replace"))
+
+
+class SpawnError(Exception):
+    """The command could not be run; ``status`` is 126 or 127 (POSIX shell conventions)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def spawn(command: list[str], env: dict[str, str], *, new_session: bool) -> int:
+    """Start the child; returns its pid. It starts clean: no blocked signal, default dispositions.
+
+    Python ignores SIGPIPE and SIGXFSZ at start-up, and the supervisor blocks every signal it waits
+    for; ignored dispositions and the mask both survive execve(2), so a plain exec would hand them
+    to the app (a Go or C server that never sees SIGPIPE; a shell whose `trap` cannot fire).
+    posix_spawn resets both in the child before the exec (posix_spawnattr_setsigdefault/setsigmask).
+    glibc's posix_spawn reports exec failures (ENOENT, EACCES) to the parent as an error.
+    """
+    try:
+        return os.posix_spawnp(
+            command[0],
+            command,
+            env,
+            setsid=new_session,
+            setsigmask=(),
+            setsigdef=forwardable_signals() | {signal.SIGCHLD},
+        )
+    except OSError as exc:
+        status = spawn_failure_status(exc.errno or 0)
+        raise SpawnError(status, f"cannot run {command[0]!r}: {exc.strerror}") from None
+
+
+def set_subreaper() -> bool:
+    """Adopt orphans of our descendants although we are not PID 1 (prctl(2), Linux >= 3.4).
+
+    Under tini or ``docker run --init`` we are not PID 1: without this, orphans of the app go to
+    tini, and "nobody left behind" in our group could not be checked (tini -s does the same).
+    """
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_parent_death_signal(signum: int, parent: int) -> None:
+    """tini's ``-p``: get ``signum`` when our parent dies; if it already died, send it now.
+
+    The prctl setting only covers a death after the call (prctl(2), PR_SET_PDEATHSIG), hence the check.
+    """
+    _prctl(PR_SET_PDEATHSIG, signum)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signum)
+
+
+def _prctl(option: int, value: int) -> bool:
+    import ctypes  # only here: ctypes costs ~1 MB, and PID 1 with no -p never needs it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0)) == 0
+
+
+def create_board(options: Options, now: float) -> StateBoard:
+    """The state board on tmpfs (/dev/shm), so reading the phase never touches a disk."""
+    directory = options.state_dir
+    if directory is None:
+        shm = "/dev/shm"
+        writable = os.path.isdir(shm) and os.access(shm, os.W_OK)
+        directory = shm if writable else os.environ.get("TMPDIR", "/tmp")
+    path = os.path.join(directory, f"graceful-run-{os.getpid()}-{os.urandom(4).hex()}.board")
+    return StateBoard.create(path, now=now)
+
+
+class Supervisor:
+    """The wait loop around one child: signals in, signals out, zombies reaped, deadlines kept."""
+
+    def __init__(self, options: Options, board: StateBoard, child: int, log: Log) -> None:
+        self.options = options
+        self.board = board
+        self.child = child
+        self.log = log
+        self.rewrites = rewrite_table(options.rewrites, single_child=options.single_child)
+        self.waited = forwardable_signals() | {signal.SIGCHLD}
+        self.child_status: int | None = None
+        self.seen_phase = board.phase
+        self.forwarded_at: float | None = None  # when the stop signal went to the child
+        self.kill_at: float | None = None
+        self.reaped = 0
+
+    def run(self) -> int:
+        """Supervise until the child exits; clean up its group; return graceful-run's exit status."""
+        while self.child_status is None:
+            now = time.monotonic()
+            timeout = wait_timeout(now, self._deadlines(), self._poll_interval())
+            info = signal.sigtimedwait(self.waited, timeout) if timeout is not None else None
+            if info is None and timeout is None:
+                info = signal.sigwaitinfo(self.waited)
+            if info is not None:
+                self.on_signal(info.si_signo)
+            self.tick(time.monotonic())
+        self.log(2, f"child {self.child} exited with wait status {self.child_status:#x}")
+        if not self.options.single_child:
+            self.cleanup_group()
+        return exit_status(self.child_status, self.options.expect_exit)
+
+    def _deadlines(self) -> list[float | None]:
+        started = self.board.drain_started_at
+        forward_at = None
+        if self.forwarded_at is None and started is not None:
+            forward_at = forward_deadline(started, self.options.drain_delay)
+        return [forward_at, self.kill_at]
+
+    def _poll_interval(self) -> float | None:
+        # Poll the board only while a /shutdown in the app could still start a drain we must run.
+        return self.options.poll_interval if self.forwarded_at is None else None
+
+    def on_signal(self, signum: int) -> None:
+        """One signal taken from the queue: reap, start or hurry the drain, or forward it."""
+        now = time.monotonic()
+        if signum == signal.SIGCHLD:
+            self.reap_zombies()
+        elif signum == self.options.drain_signal and self.forwarded_at is None:
+            if self.board.phase < Phase.DRAINING and self.options.drain_delay > 0:
+                self.begin_drain(now, f"got {signal_name(signum)}")
+            else:  # drain delay 0, or a second drain signal during the delay: forward at once
+                self.stop(now, signum)
+        elif signum == signal.SIGINT and self.forwarded_at is None:
+            self.stop(now, signum)  # Ctrl-C: stop now, no delay; the drain timeout still applies
+        else:
+            self.forward_signal(signum)
+
+    def begin_drain(self, now: float, reason: str) -> None:
+        # 1. Readiness fails from this instant: the middleware reads the phase on every probe.
+        self.board.move_to(Phase.DRAINING, now=now)
+        self.seen_phase = Phase.DRAINING
+        self.log(
+            1,
+            f"draining ({reason}): readiness fails now; "
+            f"{signal_name(self.options.drain_signal)} follows in {self.options.drain_delay:g} s",
+        )
+
+    def tick(self, now: float) -> None:
+        """Read the board and the clock: a drain started by the app, a delay over, a timeout hit."""
+        phase = self.board.phase
+        if phase is not self.seen_phase:
+            if phase is Phase.DRAINING:
+                self.log(
+                    1,
+                    "draining (started in the app, e.g. /shutdown): "
+                    f"{signal_name(self.options.drain_signal)} follows at the delay's end",
+                )
+            self.seen_phase = phase
+        started = self.board.drain_started_at
+        delay_over = started is not None and now >= forward_deadline(started, self.options.drain_delay)
+        if self.forwarded_at is None and (phase >= Phase.STOPPING or delay_over):
+            self.stop(now, self.options.drain_signal)  # 2. the delay is over
+        if self.kill_at is not None and now >= self.kill_at:
+            self.kill_at = None  # 3. the drain timeout is over
+            self.log(1, f"drain timeout ({self.options.drain_timeout:g} s) over: sending SIGKILL")
+            self.send(signal.SIGKILL)
+
+    def stop(self, now: float, signum: int) -> None:
+        """End the drain delay: STOPPING on the board, the signal forwarded, the kill clock started."""
+        self.board.move_to(Phase.STOPPING, now=now)
+        self.seen_phase = self.board.phase
+        self.forwarded_at = now
+        self.kill_at = kill_deadline(now, self.options.drain_timeout)
+        self.log(
+            1,
+            f"stopping: forwarding {signal_name(rewrite(signum, self.rewrites))}, "
+            f"SIGKILL in {self.options.drain_timeout:g} s if still running",
+        )
+        self.forward_signal(signum)
+
+    def forward_signal(self, signum: int) -> None:
+        """Send ``signum`` on after rewriting (0: dropped); job-control stops suspend us too."""
+        target = rewrite(signum, self.rewrites)
+        if target == 0:
+            self.log(2, f"dropped {signal_name(signum)} (rewritten to 0)")
+            return
+        self.log(2, f"forwarding {signal_name(signum)} as {signal_name(target)}")
+        self.send(target)
+        # dumb-init: after passing a terminal stop on, stop ourselves too, so the shell's job control
+        # sees the job as suspended. PID 1 cannot be stopped from inside its namespace: skip there.
+        if signum in JOB_CONTROL_STOPS and os.getpid() != 1:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    def send(self, signum: int) -> None:
+        """To the child's process group (the default), or to the child alone (--single-child)."""
+        try:
+            if self.options.single_child:
+                os.kill(self.child, signum)
+            else:
+                os.killpg(self.child, signum)  # setsid made the child its group's leader: pgid = pid
+        except ProcessLookupError:  # already gone; its SIGCHLD is on its way
+            pass
+
+    def reap_zombies(self) -> None:
+        """Collect every child that has exited: ours, and orphans the kernel gave us as PID 1/subreaper.
+
+        Standard signals do not queue (signal(7)): one SIGCHLD may stand for many exits, so wait
+        until there is nothing left to collect.
+        """
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.child:
+                self.child_status = status
+            else:
+                self.reaped += 1
+                self.log(3, f"reaped orphan {pid}")
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.child, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def cleanup_group(self) -> None:
+        """Nobody left behind: TERM what remains of the child's group, then KILL it at the deadline.
+
+        tini and dumb-init exit when the main child exits and leave the rest to the kernel (which
+        kills a PID namespace's processes only when its PID 1 exits); daemons double-forked by a
+        start script would otherwise be cut without a TERM, or outlive us when we are not PID 1.
+        """
+        self.reap_zombies()
+        if not self.group_alive():
+            return
+        grace = self.options.cleanup_timeout
+        self.log(1, f"child exited; sending SIGTERM to the rest of its group (SIGKILL in {grace:g} s)")
+        for signum in (signal.SIGTERM, signal.SIGCONT):  # CONT: a stopped process cannot act on TERM
+            self.send(signum)
+        if self._wait_group_gone(time.monotonic() + self.options.cleanup_timeout):
+            return
+        self.log(1, "group still running after the cleanup timeout: sending SIGKILL")
+        self.send(signal.SIGKILL)
+        self._wait_group_gone(time.monotonic() + KILL_GRACE)
+
+    def _wait_group_gone(self, deadline: float) -> bool:
+        chld = {signal.SIGCHLD}
+        while self.group_alive():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # Members may not be our children (we are not PID 1 and not a subreaper): poll as well.
+            signal.sigtimedwait(chld, min(remaining, 0.05))
+            self.reap_zombies()
+        return True
+
+
+def run(options: Options) -> int:
+    """Set up (signals, reaper, board), spawn, supervise; returns the exit status."""
+    log = Log(options.verbosity)
+    parent = os.getppid()
+    # SIGCHLD ignored (inherited) would make the kernel reap for us and hide the child's status
+    # (waitpid(2), "POSIX.1-2001 specifies that if the disposition of SIGCHLD is set to SIG_IGN").
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # Block before spawning: a signal that arrives before the loop waits stays pending, not lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, forwardable_signals() | {signal.SIGCHLD})
+    if os.getpid() != 1 and options.subreaper and not set_subreaper():
+        log(1, "warning: cannot become a subreaper; orphans go to PID 1")
+    if options.pdeath_signal:
+        set_parent_death_signal(options.pdeath_signal, parent)
+    try:
+        board = create_board(options, time.monotonic())
+    except OSError as exc:
+        log(0, f"cannot create the state board in {options.state_dir or '/dev/shm'}: {exc.strerror}")
+        return 1
+    try:
+        # Every process computes the same deadline from the board (graceful._lifecycle.drain_delay).
+        board.claim_drain_clock(os.getpid(), options.drain_delay)
+        env = dict(os.environ)
+        env[STATE_ENV] = str(board.path)
+        try:
+            child = spawn(options.command, env, new_session=not options.single_child)
+        except SpawnError as exc:
+            log(0, str(exc))
+            return exc.status
+        log(2, f"started {options.command[0]!r} as pid {child}")
+        return Supervisor(options, board, child, log).run()
+    finally:
+        board.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``graceful-run``: exit 2 with the usage on a bad call."""
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+    except Exit as done:
+        sys.stdout.write(done.text)
+        return 0
+    except UsageError as exc:
+        sys.stderr.write(f"graceful-run: {exc}\n{USAGE}")
+        return 2
+    return run(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
