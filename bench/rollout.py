@@ -1,0 +1,123 @@
+"""Rolling update under load, graceful against the baselines: how many requests each one loses.
+
+    python bench/rollout.py [--lag 2] [--drain-delay 3] [--repeat 1] [--scenarios graceful,uvicorn,...]
+
+Every scenario replaces 2 pods behind HAProxy (mode tcp, no retries) with the given propagation lag
+while keep-alive, new-connection, slow, streamed, websocket and idle clients run (see docs/testing.md).
+Needs root, `unshare` and `haproxy`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+# Imported after the path fix above (ruff does not flag imports that follow a statement in scripts).
+from tests.e2e.cluster import (
+    PodSpec,
+    RolloutReport,
+    Scenario,
+    graceful_spec,
+    missing_requirements,
+    run_rollout,
+    uvicorn_spec,
+)
+from tests.e2e.load import FAILURE_KINDS
+
+SpecFactory = Callable[[argparse.Namespace], PodSpec]
+
+SCENARIOS: dict[str, tuple[str, SpecFactory]] = {
+    "graceful": ("python -m graceful.uvicorn", lambda args: graceful_spec(args.drain_delay)),
+    "graceful-prestop-http": (
+        "graceful.uvicorn + httpGet preStop /shutdown?wait=1",
+        lambda args: graceful_spec(
+            args.drain_delay, pre_stop=("http", "/shutdown?wait=1"), GRACEFUL_SHUTDOWN_ALLOW_GET="1"
+        ),
+    ),
+    "uvicorn": ("plain uvicorn (stock SIGTERM)", lambda args: uvicorn_spec(chain=False)),
+    "uvicorn-prestop-sleep": (
+        "plain uvicorn + preStop exec sleep",
+        lambda args: uvicorn_spec(chain=False, pre_stop=("exec", args.drain_delay)),
+    ),
+    "uvicorn-chained": (
+        "plain uvicorn, middleware chains SIGTERM",
+        lambda args: uvicorn_spec(chain=True, GRACEFUL_DRAIN_DELAY=f"{args.drain_delay:g}"),
+    ),
+}
+DEFAULT = "graceful,uvicorn,uvicorn-prestop-sleep,uvicorn-chained"
+
+
+def row(report: RolloutReport) -> list[str]:
+    counts = report.failure_counts()
+    failures = ", ".join(f"{kind}={counts[kind]}" for kind in FAILURE_KINDS if counts[kind]) or "0"
+    exits = " ".join("-" if pod.term_to_exit is None else f"{pod.term_to_exit:.2f}" for pod in report.pods)
+    killed = "yes" if any(pod.sigkilled for pod in report.pods) else "no"
+    return [report.scenario, str(report.requests), f"{report.failures} ({failures})", exits, killed]
+
+
+def table(rows: list[list[str]]) -> str:
+    header = ["scenario", "requests", "failures (by kind)", "SIGTERM->exit s per pod", "SIGKILL"]
+    widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
+
+    def fmt(line: list[str]) -> str:
+        return " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+
+    return "\n".join([fmt(header), "-+-".join("-" * width for width in widths), *map(fmt, rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lag", type=float, default=2.0, help="endpoint propagation lag, seconds")
+    parser.add_argument(
+        "--drain-delay", type=float, default=3.0, help="graceful's drain delay (and preStop sleep)"
+    )
+    parser.add_argument("--grace", type=float, default=30.0, help="terminationGracePeriodSeconds")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per scenario")
+    parser.add_argument("--scenarios", default=DEFAULT, help=f"comma-separated, from: {', '.join(SCENARIOS)}")
+    parser.add_argument("--verbose", action="store_true", help="print each run's full summary")
+    args = parser.parse_args(argv)
+    missing = missing_requirements()
+    if missing:
+        print("cannot run: " + "; ".join(missing), file=sys.stderr)
+        return 2
+    names = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
+
+    print(
+        f"rollout of 2 pods under load: lag {args.lag:g} s, "
+        f"drain delay {args.drain_delay:g} s, grace {args.grace:g} s"
+    )
+    rows: list[list[str]] = []
+    began = time.monotonic()
+    for name in names:
+        description, factory = SCENARIOS[name]
+        for run in range(args.repeat):
+            scenario = Scenario(
+                name=name, spec=factory(args), lag=args.lag, grace=args.grace, drain_delay=args.drain_delay
+            )
+            report = run_rollout(scenario)
+            rows.append(row(report))
+            label = f" (run {run + 1})" if args.repeat > 1 else ""
+            print(
+                f"  {name}{label}: {description}: {report.failures} failures in {report.seconds:.1f} s",
+                flush=True,
+            )
+            if args.verbose:
+                print(report.summary())
+    print()
+    print(table(rows))
+    print(f"\n{len(rows)} runs in {time.monotonic() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
