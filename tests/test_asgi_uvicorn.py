@@ -180,3 +180,28 @@ def test_concurrent_mixed_load_returns_to_zero(running: Running) -> None:
     assert not errors
     running.settle()
     assert running.watch.highest >= 2, "the load was concurrent"
+
+
+def test_chaining_refused_outside_the_main_thread_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    """When the middleware cannot take over SIGTERM it logs one warning naming the reason and the fix."""
+    lifecycle = Lifecycle(Settings(drain_delay=1))
+    config = uvicorn.Config(
+        GracefulMiddleware(starlette_app, lifecycle=lifecycle),
+        host="127.0.0.1",
+        port=free_port(),
+        lifespan="on",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    with caplog.at_level("WARNING", logger="graceful"):
+        thread.start()
+        try:
+            wait_for(lambda: server.started, 10, "uvicorn to start")
+        finally:
+            server.should_exit = True
+            thread.join(10)
+            lifecycle.close()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "graceful" and r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "outside the main thread" in warnings[0]
+    assert "graceful-run" in warnings[0] and lifecycle.board.owner_pid == 0

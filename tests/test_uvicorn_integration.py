@@ -213,3 +213,24 @@ def test_bad_command_line_exits_2_with_usage() -> None:
     )
     assert result.returncode == 2
     assert "--drain-delay needs a value" in result.stderr and "usage:" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--workers=2", "--reload"])
+def test_multiprocess_options_are_refused(option: str) -> None:
+    """--workers and --reload would bypass the drain: refused with exit 2 and usage."""
+    result = subprocess.run(
+        [sys.executable, "-m", "graceful.uvicorn", "examples.starlette_app:app", option],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "not supported" in result.stderr and "usage:" in result.stderr
+
+
+def test_run_refuses_workers() -> None:
+    """graceful.uvicorn.run serves one process and says so."""
+    from graceful.uvicorn import run
+
+    with pytest.raises(ValueError, match="one process"):
+        run("examples.starlette_app:app", workers=2)
