@@ -27,7 +27,7 @@ def warmup_share(elapsed: float, *, window: float, curve: float, min_share: floa
         return 1.0
     if elapsed <= 0:
         return min_share
-    return max(min_share, (elapsed / window) ** curve)
+    return max(min_share, float((elapsed / window) ** curve))
 
 
 def concurrency_cap(share: float, max_concurrency: int) -> int:
