@@ -19,19 +19,49 @@ MAX_SECONDS = 3600.0
 class SettingsError(ValueError):
     """A setting has a value outside its allowed range. The message names field, value and range."""
 
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
 
 def _check_seconds(field: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SettingsError(f"{field}={value!r} is not a number of seconds; allowed: 0 to {MAX_SECONDS:g}")
+        raise SettingsError(
+            field=field,
+            message=f"{field}={value!r} is not a number of seconds; allowed: 0 to {MAX_SECONDS:g}",
+        )
     if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
-        raise SettingsError(f"{field}={value!r} is out of range; allowed: 0 to {MAX_SECONDS:g} seconds")
+        raise SettingsError(
+            field=field, message=f"{field}={value!r} is out of range; allowed: 0 to {MAX_SECONDS:g} seconds"
+        )
+
+
+def _check_number(field: str, value: object, low: float, high: float, unit: str = "") -> None:
+    suffix = f" {unit}" if unit else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SettingsError(
+            field=field, message=f"{field}={value!r} is not a number; allowed: {low:g} to {high:g}{suffix}"
+        )
+    if not math.isfinite(value) or not low <= value <= high:
+        raise SettingsError(
+            field=field, message=f"{field}={value!r} is out of range; allowed: {low:g} to {high:g}{suffix}"
+        )
+
+
+def _check_whole(field: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SettingsError(
+            field=field,
+            message=f"{field}={value!r} is out of range; allowed: a whole number from {low} to {high}",
+        )
 
 
 def _check_path(field: str, value: object) -> None:
     if not isinstance(value, str) or not value.startswith("/") or len(value) < 2 or value.endswith("/"):
         raise SettingsError(
-            f"{field}={value!r} is not a usable URL path; allowed: starts with '/', "
-            "at least one more character, no trailing '/'"
+            field=field,
+            message=f"{field}={value!r} is not a usable URL path; allowed: starts with '/', "
+            "at least one more character, no trailing '/'",
         )
 
 
@@ -66,6 +96,35 @@ class Settings:
     #: drain delay applies without ``graceful.uvicorn`` (see docs/uvicorn.md).
     chain_server_signals: bool = True
 
+    # -- startup gate and checks (docs/warmup.md) --
+    #: Seconds readiness stays failing after the server started, even when every startup check
+    #: passed (delayed registration: let caches and pools fill before the balancer sends traffic).
+    startup_min_delay: float = 0.0
+    #: Seconds between two runs of the readiness and liveness checks (in the background).
+    check_interval: float = 5.0
+    #: Seconds a check may take before it counts as failed (a check can set its own).
+    check_timeout: float = 2.0
+
+    # -- slow start (docs/warmup.md) --
+    #: Seconds of slow start after the gate opens (0: none). Needs ``max_concurrency``.
+    warmup_window: float = 0.0
+    #: Shape of the ramp: share(t) = max(min_share, (t / window) ** curve). 1 linear, 2 Sermant's.
+    warmup_curve: float = 1.0
+    #: Share admitted at the very start of the window (Envoy's min weight is 10%).
+    warmup_min_share: float = 0.1
+    #: Requests this process runs at once when warm; the warm-up cap ramps up to it. Unset: no cap.
+    max_concurrency: int | None = None
+    #: Requests that may wait for a place when the cap is reached; more are answered 503 at once.
+    queue_size: int = 100
+    #: Seconds a request may wait in that queue before it is answered 503.
+    queue_timeout: float = 1.0
+    #: ``Retry-After`` of a 503 is ``retry_after + retry_after_jitter * random()``, rounded up.
+    retry_after: float = 1.0
+    retry_after_jitter: float = 2.0
+    #: TCP port (on ``agent_host``) of the HAProxy agent-check responder. Unset: no responder.
+    agent_port: int | None = None
+    agent_host: str = "127.0.0.1"
+
     def __post_init__(self) -> None:
         _check_seconds("drain_delay", self.drain_delay)
         _check_seconds("drain_timeout", self.drain_timeout)
@@ -74,16 +133,40 @@ class Settings:
         if self.shutdown_path == self.health_path or self.shutdown_path.startswith(self.health_path + "/"):
             raise SettingsError(
                 f"shutdown_path={self.shutdown_path!r} overlaps health_path={self.health_path!r}; "
-                "allowed: a path outside the probe prefix"
+                "allowed: a path outside the probe prefix",
+                field="shutdown_path",
             )
         if self.shutdown_token is not None and (
             not isinstance(self.shutdown_token, str) or len(self.shutdown_token) < 16
         ):
-            raise SettingsError("shutdown_token is too short; allowed: a string of at least 16 characters")
+            raise SettingsError(
+                "shutdown_token is too short; allowed: a string of at least 16 characters",
+                field="shutdown_token",
+            )
+        _check_seconds("startup_min_delay", self.startup_min_delay)
+        _check_number("check_interval", self.check_interval, 0.05, MAX_SECONDS, "seconds")
+        _check_number("check_timeout", self.check_timeout, 0.01, MAX_SECONDS, "seconds")
+        _check_seconds("warmup_window", self.warmup_window)
+        _check_number("warmup_curve", self.warmup_curve, 0.1, 10)
+        _check_number("warmup_min_share", self.warmup_min_share, 0.0, 1.0)
+        if self.max_concurrency is not None:
+            _check_whole("max_concurrency", self.max_concurrency, 1, 1_000_000)
+        _check_whole("queue_size", self.queue_size, 0, 1_000_000)
+        _check_number("queue_timeout", self.queue_timeout, 0.0, 60.0, "seconds")
+        _check_number("retry_after", self.retry_after, 0.0, MAX_SECONDS, "seconds")
+        _check_number("retry_after_jitter", self.retry_after_jitter, 0.0, MAX_SECONDS, "seconds")
+        if self.agent_port is not None:
+            _check_whole("agent_port", self.agent_port, 1, 65535)
+        if self.warmup_window > 0 and self.max_concurrency is None:
+            raise SettingsError(
+                f"warmup_window={self.warmup_window!r} needs max_concurrency: slow start is enforced as a "
+                "concurrency cap that ramps up to it; allowed: set max_concurrency, or warmup_window=0",
+                field="warmup_window",
+            )
         for name in ("shutdown_trust_loopback", "shutdown_allow_get", "log_probes", "chain_server_signals"):
             value = getattr(self, name)
             if not isinstance(value, bool):
-                raise SettingsError(f"{name}={value!r} is not a boolean; allowed: True or False")
+                raise SettingsError(f"{name}={value!r} is not a boolean; allowed: True or False", field=name)
 
     @property
     def live_path(self) -> str:
@@ -106,38 +189,60 @@ class Settings:
         """Settings from ``GRACEFUL_*`` variables; keyword ``overrides`` win over the environment."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        from_environment: dict[str, str] = {}
         for field in dataclasses.fields(cls):
             variable = ENV_PREFIX + field.name.upper()
-            if variable in environ:
-                values[field.name] = _parse_env(variable, field, environ[variable])
+            if variable in environ and field.name not in overrides:
+                values[field.name] = _parse_env(field, environ[variable])
+                from_environment[field.name] = variable
         values.update(overrides)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except SettingsError as exc:
+            name = exc.field
+            if name is None or name not in from_environment:
+                raise
+            # Name what the user wrote: the variable and its text, not the field and parsed value.
+            variable = from_environment[name]
+            written = f"{variable}={environ[variable]!r}"
+            message = str(exc)
+            prefix = f"{name}={values[name]!r}"
+            message = (
+                written + message[len(prefix) :] if message.startswith(prefix) else f"{written}: {message}"
+            )
+            raise SettingsError(message, field=name) from None
 
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _parse_env(variable: str, field: dataclasses.Field[Any], raw: str) -> Any:
-    """Turn one environment string into the field's type, naming the variable when it cannot."""
+def _parse_env(field: dataclasses.Field[Any], raw: str) -> Any:
+    """Turn one environment string into the field's type.
+
+    Text that does not parse is passed on as it is, so the field's validator rejects it with the
+    same message (field, value, allowed range) as a bad keyword argument would get.
+    """
     kind = str(field.type)
     text = raw.strip()
     if kind == "float":
         try:
-            value = float(text)
+            return float(text)
         except ValueError:
-            raise SettingsError(
-                f"{variable}={raw!r} is not a number of seconds; allowed: 0 to {MAX_SECONDS:g}"
-            ) from None
-        if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
-            raise SettingsError(f"{variable}={raw!r} is out of range; allowed: 0 to {MAX_SECONDS:g} seconds")
-        return value
+            return raw
+    if kind in ("int", "int | None"):
+        if not text and kind == "int | None":
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            return raw
     if kind == "bool":
         if text.lower() in _TRUE:
             return True
         if text.lower() in _FALSE:
             return False
-        raise SettingsError(f"{variable}={raw!r} is not a boolean; allowed: 1/0, true/false, yes/no, on/off")
+        return raw
     if kind == "str | None":
         return text or None
     return text

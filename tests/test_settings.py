@@ -89,3 +89,47 @@ def test_settings_are_frozen_and_keyword_only() -> None:
         settings.drain_delay = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         Settings(1.0)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"GRACEFUL_MAX_CONCURRENCY": "0"},
+            "GRACEFUL_MAX_CONCURRENCY='0' is out of range; allowed: a whole number from 1 to 1000000",
+        ),
+        (
+            {"GRACEFUL_MAX_CONCURRENCY": "ten"},
+            "GRACEFUL_MAX_CONCURRENCY='ten' is out of range; allowed: a whole number",
+        ),
+        ({"GRACEFUL_WARMUP_CURVE": "0"}, "GRACEFUL_WARMUP_CURVE='0' is out of range; allowed: 0.1 to 10"),
+        (
+            {"GRACEFUL_WARMUP_MIN_SHARE": "1.5"},
+            "GRACEFUL_WARMUP_MIN_SHARE='1.5' is out of range; allowed: 0 to 1",
+        ),
+        (
+            {"GRACEFUL_AGENT_PORT": "70000"},
+            "GRACEFUL_AGENT_PORT='70000' is out of range; allowed: a whole number from 1 to 65535",
+        ),
+        (
+            {"GRACEFUL_QUEUE_TIMEOUT": "-1"},
+            "GRACEFUL_QUEUE_TIMEOUT='-1' is out of range; allowed: 0 to 60 seconds",
+        ),
+        ({"GRACEFUL_HEALTH_PATH": "x"}, "GRACEFUL_HEALTH_PATH='x' is not a usable URL path"),
+        ({"GRACEFUL_WARMUP_WINDOW": "30"}, "GRACEFUL_WARMUP_WINDOW='30' needs max_concurrency"),
+    ],
+)
+def test_warmup_and_admission_settings_from_environment(env: dict[str, str], expected: str) -> None:
+    """Warm-up and admission variables are validated like the rest, naming variable, value and range."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert expected in str(caught.value)
+
+
+def test_warmup_settings_parse() -> None:
+    """A full slow-start configuration from the environment."""
+    settings = Settings.from_env(
+        {"GRACEFUL_WARMUP_WINDOW": "30", "GRACEFUL_MAX_CONCURRENCY": "64", "GRACEFUL_AGENT_PORT": "9777"}
+    )
+    assert (settings.warmup_window, settings.max_concurrency, settings.agent_port) == (30.0, 64, 9777)
+    assert Settings.from_env({"GRACEFUL_MAX_CONCURRENCY": ""}).max_concurrency is None
