@@ -6,6 +6,7 @@ ways: the stop event, a maximum number of iterations, and a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -32,7 +33,8 @@ FAILURE_KINDS = (STATUS, CONNECT, RESET, TIMEOUT, TRUNCATED, WS_ABNORMAL, OTHER)
 CLIENT_KINDS = ("keepalive", "newconn", "slow", "stream", "websocket", "idle")
 
 CLIENT_TIMEOUT = 5.0
-MAX_SAMPLES = 20
+MAX_SAMPLES = 40
+SAMPLES_PER_KIND = 3
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,9 @@ class Load:
     def record(self, client: str, outcome: str, detail: str = "", seconds: float | None = None) -> None:
         with self._lock:
             self.result.outcomes[(client, outcome)] += 1
-            if outcome != OK and len(self.result.samples) < MAX_SAMPLES:
+            # A few samples of every (client, outcome), so a rare kind is not crowded out.
+            seen = self.result.outcomes[(client, outcome)]
+            if outcome != OK and seen <= SAMPLES_PER_KIND and len(self.result.samples) < MAX_SAMPLES:
                 stamp = time.monotonic() - self._started
                 self.result.samples.append(f"t={stamp:6.2f}s {client}: {outcome}: {detail}")
             if seconds is not None and seconds > self.result.longest.get(client, 0.0):
@@ -185,7 +189,7 @@ class Load:
         began = time.monotonic()
         try:
             response = client.get(path)
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # counted by kind; the client goes on with its next request
             self.record(kind, classify(exc), repr(exc))
             return
         outcome = OK if 200 <= response.status_code < 300 else STATUS
@@ -241,7 +245,7 @@ class Load:
                             self.record(kind, STATUS, f"HTTP {response.status_code}")
                             continue
                         body = b"".join(response.iter_bytes()).decode("utf-8", "replace")
-                except httpx.HTTPError as exc:
+                except Exception as exc:
                     # Cut after the headers arrived: the body is incomplete, whatever the exception.
                     self.record(kind, TRUNCATED if got_headers else classify(exc), repr(exc))
                     continue
@@ -265,11 +269,12 @@ class Load:
                     proxy=None,
                     ping_interval=None,
                 )
-            except (OSError, InvalidHandshake, EOFError) as exc:
+            except Exception as exc:  # every failed opening is counted; the client goes on
                 self.record(kind, classify_ws_open(exc), repr(exc))
                 self._stop.wait(config.ws_reconnect_pause)
                 continue
-            with connection:
+            # A close that fails after the exchange ended loses nothing: suppressed, not counted.
+            with contextlib.suppress(Exception), connection:
                 while self._running(iteration):
                     iteration += 1
                     message = f"m{iteration}"
@@ -287,6 +292,9 @@ class Load:
                         break
                     except TimeoutError as exc:
                         self.record(kind, TIMEOUT, repr(exc))
+                        break
+                    except Exception as exc:  # anything else ends this connection, counted
+                        self.record(kind, WS_ABNORMAL, repr(exc))
                         break
                     if reply != message:
                         self.record(kind, WS_ABNORMAL, f"echo {reply!r} != {message!r}")
@@ -317,4 +325,6 @@ def classify_ws_open(exc: BaseException) -> str:
         return CONNECT
     if isinstance(exc, InvalidStatus):
         return STATUS
-    return RESET  # closed during the handshake (EOF, reset, invalid message)
+    if isinstance(exc, (OSError, InvalidHandshake, EOFError, ConnectionClosed)):
+        return RESET  # closed during the handshake (EOF, reset, invalid message)
+    return OTHER
