@@ -53,6 +53,8 @@ REQUEST_UNIT = 1 << 20
 IN_FLIGHT_MASK = REQUEST_UNIT - 1
 REQUEST_STARTED = REQUEST_UNIT + 1
 
+_TERMINATING = int(Phase.DRAINING)
+
 _HEADER_BYTES = HEADER_INTS * 8
 _TIMES_BYTES = TIMES * 8
 _SLOT_BYTES = SLOT_INTS * 8
@@ -217,6 +219,11 @@ class StateBoard:
             return current
 
     @property
+    def is_terminating(self) -> bool:
+        """``phase.is_terminating`` with one shared-memory read and no enum: for per-request checks."""
+        return bool(self._header[_H_PHASE] >= _TERMINATING)
+
+    @property
     def created_at(self) -> float:
         return float(self._times[_T_CREATED])
 
@@ -267,6 +274,38 @@ class StateBoard:
         """Free a slot (its process exited, or a master reaped it)."""
         with self._locked():
             self._zero_slot(index)
+
+    def reserve_slot(self, holder: int) -> int:
+        """Take a free slot for a process about to be forked, held by ``holder`` (the parent) meanwhile.
+
+        A gunicorn master gives each worker its slot this way: the slot index is known to the master
+        before the fork, so the master can free exactly that slot when it reaps the worker.
+        """
+        with self._locked():
+            for index in range(self.slots):
+                pid = self._slot_ints[index * SLOT_INTS + _S_PID]
+                if pid == 0 or not _pid_alive(pid):
+                    self._zero_slot(index)
+                    self._slot_ints[index * SLOT_INTS + _S_PID] = holder
+                    return index
+        raise BoardError(f"state board has no free slot to reserve: all {self.slots} are held")
+
+    def adopt_slot(self, index: int, pid: int) -> None:
+        """The forked child takes the slot its parent reserved for it (see ``reserve_slot``)."""
+        base = self.slot_offset(index)
+        with self._locked():
+            self._zero_slot(index)
+            self._slot_ints[base + _S_PID] = pid
+
+    def release_slot_held_by(self, index: int, pids: tuple[int, ...]) -> bool:
+        """Free slot ``index`` if one of ``pids`` holds it (a reaped worker, or its parent's
+        reservation when the child died before adopting it). False if someone else holds it."""
+        base = self.slot_offset(index)
+        with self._locked():
+            if self._slot_ints[base + _S_PID] not in pids:
+                return False
+            self._zero_slot(index)
+            return True
 
     def _zero_slot(self, index: int) -> None:
         base = index * SLOT_INTS

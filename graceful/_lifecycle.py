@@ -62,8 +62,13 @@ class Lifecycle:
         self._count_lock = threading.Lock()
         self._notify_lock = threading.Lock()
         self.traffic_cell: list[Any] = []
+        #: A slot a parent (the gunicorn master) reserved for the next forked child: see
+        #: ``reserve_child_slot``. None: a forked child claims a free slot itself.
+        self._child_slot: int | None = None
+        #: Show each process's figures in ``snapshot`` (a multi-process server sets it).
+        self.per_process_health = False
         self._claim_slot()
-        os.register_at_fork(after_in_child=self._claim_slot)
+        os.register_at_fork(after_in_child=self._claim_slot, after_in_parent=self._forget_child_slot)
 
     @classmethod
     def from_env(cls, settings: Settings | None = None, *, clock: Clock = time.monotonic) -> Lifecycle:
@@ -77,7 +82,12 @@ class Lifecycle:
     def _claim_slot(self) -> None:
         # Called again in a forked child: the child must not count into its parent's slot.
         self.pid = os.getpid()
-        self.slot = self.board.claim_slot(self.pid)
+        given, self._child_slot = self._child_slot, None
+        if given is None:
+            self.slot = self.board.claim_slot(self.pid)
+        else:
+            self.board.adopt_slot(given, self.pid)
+            self.slot = given
         self._slot_base = self.board.slot_offset(self.slot)
         self._slot_ints = self.board.slot_ints
         # For hot paths that count inline: ``counters, index = traffic_cell``, then
@@ -90,6 +100,17 @@ class Lifecycle:
     def close(self) -> None:
         """Give the slot back (the process is done serving)."""
         self.board.release_slot(self.slot)
+
+    def reserve_child_slot(self) -> int:
+        """Reserve the slot the next child forked from this process takes (the parent frees it later).
+
+        Until the child adopts it the slot is held under this process's pid, so nobody else takes it.
+        """
+        self._child_slot = self.board.reserve_slot(os.getpid())
+        return self._child_slot
+
+    def _forget_child_slot(self) -> None:
+        self._child_slot = None
 
     # -- phase ---------------------------------------------------------------------------------
 
@@ -253,6 +274,16 @@ class Lifecycle:
             "processes": len(slots),
             "uptime_seconds": round(now - board.created_at, 3),
             "draining_seconds": None if drain_started is None else round(now - drain_started, 3),
+            **(
+                {
+                    "per_process": [
+                        {"pid": slot.pid, "in_flight": slot.in_flight, "requests": slot.requests}
+                        for slot in slots
+                    ]
+                }
+                if self.per_process_health
+                else {}
+            ),
         }
 
 
