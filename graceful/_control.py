@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from graceful._checks import Checks
 from graceful._lifecycle import Lifecycle
 from graceful._phase import Phase
 from graceful._policies import may_shutdown, query_flag
+
+if TYPE_CHECKING:
+    from graceful._admission import AdmissionControl
 
 PLAIN = b"text/plain; charset=utf-8"
 JSON = b"application/json"
@@ -50,8 +55,12 @@ class Request:
 class ControlPlane:
     """Answers the probe and shutdown endpoints for one lifecycle."""
 
-    def __init__(self, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self, lifecycle: Lifecycle, checks: Checks | None = None, admission: AdmissionControl | None = None
+    ) -> None:
         self.lifecycle = lifecycle
+        self.checks = checks if checks is not None else Checks(default_timeout=1.0, clock=lifecycle.clock)
+        self.admission = admission
         settings = lifecycle.settings
         self.health_path = settings.health_path
         self.shutdown_path = settings.shutdown_path
@@ -76,28 +85,49 @@ class ControlPlane:
             return self._shutdown(request)
         if request.method not in ("GET", "HEAD"):
             return Reply(405, b"method not allowed\n", extra_headers=((b"allow", b"GET, HEAD"),))
+        if request.path == self.health_path:
+            return self._health(detail=self._trusted(request))
         return self._probes[request.path]()
+
+    def _trusted(self, request: Request) -> bool:
+        """Callers that may see check names and errors: the same rule as for /shutdown."""
+        settings = self.lifecycle.settings
+        return may_shutdown(
+            client_host=request.client_host,
+            authorization=request.authorization,
+            token=settings.shutdown_token,
+            trust_loopback=settings.shutdown_trust_loopback,
+        )
 
     # -- probes: tiny bodies, nothing sensitive --------------------------------------------------
 
     def _live(self) -> Reply:
-        # Liveness is "the process answers": it stays 200 through the whole drain, so the kubelet
-        # does not restart a pod that is merely shutting down.
+        # Liveness is "the process answers" (and its critical liveness checks pass): it stays 200
+        # through the whole drain, so the kubelet does not restart a pod that is shutting down.
+        if not self.checks.passing("liveness"):
+            return Reply(503, b"not live: a liveness check fails\n")
         return Reply(200, b"ok\n")
 
     def _ready(self) -> Reply:
         phase = self.lifecycle.phase
-        if phase.is_serving:
-            return Reply(200, b"ready\n")
-        return Reply(503, f"not ready: {phase.name.lower()}\n".encode())
+        if not phase.is_serving:
+            return Reply(503, f"not ready: {phase.name.lower()}\n".encode())
+        if not self.checks.passing("readiness"):
+            return Reply(503, b"not ready: a readiness check fails\n")
+        return Reply(200, b"ready\n")
 
     def _startup(self) -> Reply:
         if self.lifecycle.phase.is_started:
             return Reply(200, b"started\n")
         return Reply(503, b"starting\n")
 
-    def _health(self) -> Reply:
+    def _health(self, *, detail: bool = False) -> Reply:
         snapshot = self.lifecycle.snapshot()
+        snapshot["ready"] = snapshot["ready"] and self.checks.passing("readiness")
+        if self.admission is not None:
+            snapshot["admission"] = self.admission.snapshot()
+        if detail:  # check names and errors can reveal internals: trusted callers only
+            snapshot["checks"] = self.checks.detail()
         status = 200 if snapshot["ready"] else 503
         return Reply(status, json.dumps(snapshot).encode() + b"\n", JSON)
 

@@ -9,17 +9,17 @@ A plain ASGI class (no BaseHTTPMiddleware): scopes it does not handle pass strai
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from graceful._admission import AdmissionControl
 from graceful._board import REQUEST_STARTED
-from graceful._chain import chain_server_signals
-from graceful._control import ControlPlane, Request
+from graceful._checks import Check, CheckKind, Checks
+from graceful._control import PLAIN, ControlPlane, Request
 from graceful._lifecycle import Lifecycle, get_lifecycle
 from graceful._logging import install_probe_log_filter
 from graceful._phase import Phase
+from graceful._runtime import WATCH_INTERVAL, AsyncRuntime
 from graceful._settings import Settings
 
 Scope = MutableMapping[str, Any]
@@ -28,13 +28,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-logger = logging.getLogger("graceful")
-
-# How often the board is read for changes made by other processes (supervisor, gunicorn master,
-# sibling workers): well inside a readiness probe period, cheap enough to ignore.
-WATCH_INTERVAL = 0.05
 _CONNECTION = b"connection"
 _CLOSE_HEADER = (b"connection", b"close")
+_SHED_BODY = b"overloaded, retry later\n"
 
 
 class GracefulMiddleware:
@@ -42,6 +38,8 @@ class GracefulMiddleware:
 
     Settings come, in order of precedence, from keyword arguments, ``settings``, then ``GRACEFUL_*``
     environment variables. All middlewares of a process share one lifecycle (``get_lifecycle``).
+    Everything that depends on the settings is set up when the server has started, so settings
+    replaced before then (``graceful.uvicorn.run(settings=...)``) take effect.
     """
 
     def __init__(
@@ -50,6 +48,7 @@ class GracefulMiddleware:
         settings: Settings | None = None,
         *,
         lifecycle: Lifecycle | None = None,
+        checks: Iterable[Check] = (),
         **overrides: Any,
     ) -> None:
         self.app = app
@@ -60,26 +59,43 @@ class GracefulMiddleware:
         elif settings is not None or overrides:
             raise TypeError("pass either lifecycle= or settings, not both")
         self.lifecycle = lifecycle
-        self.control = ControlPlane(lifecycle)
-        # Until the server has started, every path is "special": the first request then opens the
-        # gate (servers without lifespan) and this becomes the probe and shutdown paths. One set
-        # lookup on the hot path instead of two checks.
-        self._special_paths: frozenset[str] | _EveryPath = _EVERY_PATH
+        self.checks = Checks(default_timeout=lifecycle.settings.check_timeout, clock=lifecycle.clock)
+        for check in checks:
+            self.checks.add(check)
         self._terminating = lifecycle.terminating
         self._traffic_cell = lifecycle.traffic_cell  # a list updated in place after a fork
-        self._watcher: asyncio.Task[None] | None = None
-        self._stop_server: Callable[[], None] | None = None
-        if not lifecycle.settings.log_probes:
-            install_probe_log_filter(lifecycle.settings)
+        # Until the server has started, every path is "special": the first request then starts the
+        # runtime (servers without lifespan) and this becomes the probe and shutdown paths. One set
+        # lookup on the hot path instead of two checks.
+        self._special_paths: frozenset[str] | _EveryPath = _EVERY_PATH
+        self._runtime: AsyncRuntime | None = None
+        self._admission: AdmissionControl | None = None
+        self.control = ControlPlane(lifecycle, self.checks)
+
+    def add_check(
+        self,
+        name: str,
+        func: Callable[[], Any],
+        *,
+        kind: CheckKind = "readiness",
+        timeout: float | None = None,
+        critical: bool = True,
+    ) -> None:
+        """Register a dependency check (see graceful._checks); call before the server starts."""
+        self.checks.add(Check(name=name, func=func, kind=kind, timeout=timeout, critical=critical))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The hot path (ordinary HTTP) is written out here, with no extra coroutine frame, no method
-        # calls and one shared-memory read per response: see bench/overhead.py for what it costs.
+        # calls and one shared-memory add each way: see bench/overhead.py for what it costs.
         if scope["type"] != "http":
             await self._serve_other(scope, receive, send)
             return
         if scope["path"] in self._special_paths:
             await self._serve_special(scope, receive, send)
+            return
+        admission = self._admission
+        if admission is not None and not await admission.acquire():
+            await _shed(send, admission.retry_after())
             return
 
         def send_closing_when_draining(
@@ -101,9 +117,11 @@ class GracefulMiddleware:
             await self.app(scope, receive, send_closing_when_draining)
         finally:
             counters[traffic] -= 1
+            if admission is not None:
+                admission.release()
 
     async def _serve_special(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._watcher is None:
+        if self._runtime is None:
             self._on_server_started()
         if scope["path"] in self.control.paths:
             await self._answer_control(scope, receive, send)
@@ -121,9 +139,10 @@ class GracefulMiddleware:
 
     async def _serve_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         lifecycle = self.lifecycle
-        if self._watcher is None:
+        if self._runtime is None:
             self._on_server_started()
-        # A websocket is in flight from connect to close: the server must not stop under it.
+        # A websocket is in flight from connect to close: the server must not stop under it. It is
+        # not subject to admission: it would hold a place for its whole life.
         lifecycle.request_started()
         lifecycle.websocket_opened()
         try:
@@ -179,36 +198,43 @@ class GracefulMiddleware:
         try:
             await self.app(scope, receive, send_watching_startup)
         finally:
-            await self._stop_watching()
+            runtime, self._runtime = self._runtime, None
+            if runtime is not None:
+                await runtime.stop()
 
     def _on_server_started(self) -> None:
-        """The server is up (lifespan startup done, or the first request arrived): open the gate."""
-        if self._watcher is not None:
+        """The server is up (lifespan startup done, or the first request arrived): set up and start."""
+        if self._runtime is not None:
             return
-        self._special_paths = self.control.paths
-        loop = asyncio.get_running_loop()
-        self.lifecycle.open_gate()
-        self._stop_server = chain_server_signals(self.lifecycle, loop)
-        self._watcher = loop.create_task(self._watch(), name="graceful-board-watcher")
-
-    async def _watch(self) -> None:
-        """Notice phase changes other processes make; end the drain delay when we own the clock."""
         lifecycle = self.lifecycle
-        while True:
-            phase = lifecycle.poll()
-            if self._stop_server is not None and phase is Phase.DRAINING and lifecycle.drain_delay_over():
-                stop, self._stop_server = self._stop_server, None
-                stop()
-            if phase is Phase.STOPPED:
-                return
-            await asyncio.sleep(WATCH_INTERVAL)
+        settings = lifecycle.settings
+        self.checks.default_timeout = settings.check_timeout
+        if settings.max_concurrency is not None:
+            self._admission = AdmissionControl(settings, lifecycle)
+        self.control = ControlPlane(lifecycle, self.checks, self._admission)
+        self._special_paths = self.control.paths
+        if not settings.log_probes:
+            install_probe_log_filter(settings)
+        self._runtime = AsyncRuntime(lifecycle, self.checks, self._admission)
+        self._runtime.start()
 
-    async def _stop_watching(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+
+async def _shed(send: Send, retry_after: int) -> None:
+    """503 for a request over the cap: retry later, on a new connection (likely another instance)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", PLAIN),
+                (b"content-length", str(len(_SHED_BODY)).encode()),
+                (b"retry-after", str(retry_after).encode()),
+                (b"cache-control", b"no-store"),
+                _CLOSE_HEADER,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _SHED_BODY})
 
 
 class _EveryPath:
