@@ -293,12 +293,20 @@ class Supervisor:
         self.reap_zombies()
         if not self.group_alive():
             return
-        grace = self.options.cleanup_timeout
-        self.log(1, f"child exited; sending SIGTERM to the rest of its group (SIGKILL in {grace:g} s)")
-        for signum in (signal.SIGTERM, signal.SIGCONT):  # CONT: a stopped process cannot act on TERM
-            self.send(signum)
-        if self._wait_group_gone(time.monotonic() + self.options.cleanup_timeout):
-            return
+        if self.kill_at is not None:
+            # A stop is in progress and the group already got the stop signal: the main child may be
+            # a wrapper (`sh -c "...; uvicorn"`) that died of it at once while the server is still
+            # finishing in-flight requests. They get what is left of the drain timeout, not less.
+            self.log(1, "child exited during the stop; the rest of its group has until the drain timeout")
+            if self._wait_group_gone(self.kill_at):
+                return
+        else:
+            grace = self.options.cleanup_timeout
+            self.log(1, f"child exited; sending SIGTERM to the rest of its group (SIGKILL in {grace:g} s)")
+            for signum in (signal.SIGTERM, signal.SIGCONT):  # CONT: a stopped process cannot act on TERM
+                self.send(signum)
+            if self._wait_group_gone(time.monotonic() + grace):
+                return
         self.log(1, "group still running after the cleanup timeout: sending SIGKILL")
         self.send(signal.SIGKILL)
         self._wait_group_gone(time.monotonic() + KILL_GRACE)

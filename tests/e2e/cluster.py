@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -296,6 +297,8 @@ class Cluster:
     def start_pod(self, name: str, spec: PodSpec) -> Pod:
         port = free_port()
         argv = [part.replace("{port}", str(port)) for part in spec.argv]
+        if argv and argv[0] == "python":  # this interpreter (a virtualenv's is not always on PATH)
+            argv[0] = sys.executable
         env = {key: value for key, value in os.environ.items() if not key.startswith("GRACEFUL_")}
         env.update(
             {

@@ -16,7 +16,7 @@ SLOW_SECONDS = 1.5  # the longest request the clients make
 MARGIN = 1.0
 
 
-def assert_lossless(report: RolloutReport, *, pods: int = 2) -> None:
+def assert_lossless(report: RolloutReport, *, pods: int = 2, exit_statuses: tuple[int, ...] = (0,)) -> None:
     """Zero failures of every kind, real traffic of every kind, clean and prompt exits."""
     print(report.summary())  # the figures, visible with `pytest -s`
     details = report.details()
@@ -31,7 +31,7 @@ def assert_lossless(report: RolloutReport, *, pods: int = 2) -> None:
     bound = DRAIN_DELAY + SLOW_SECONDS + MARGIN
     for pod in report.pods:
         assert not pod.sigkilled, f"{pod.name} was SIGKILLed\n{details}"
-        assert pod.exit_status == 0, f"{pod.name} exited with {pod.exit_status}\n{details}"
+        assert pod.exit_status in exit_statuses, f"{pod.name} exited with {pod.exit_status}\n{details}"
         assert pod.term_to_exit is not None and pod.term_to_exit <= bound, (
             f"{pod.name} took {pod.term_to_exit} s from SIGTERM to exit (bound {bound} s)\n{details}"
         )
