@@ -113,7 +113,8 @@ class _Master:
 
     def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
         signals: list[int] = self._wait_for_signals(timeout=min(timeout, TICK))
-        self.tick()
+        if not signals:  # signals first (a SIGINT now must win over the graceful stop)
+            self.tick()
         return signals
 
     def tick(self) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from gunicorn.workers.base import Worker  # type: ignore[import-untyped]
 from gunicorn.workers.gthread import ThreadWorker as _GThreadWorker  # type: ignore[import-untyped]
 from gunicorn.workers.sync import SyncWorker as _SyncWorker  # type: ignore[import-untyped]
 
-from graceful._gunicorn_master import prepare_master
+from graceful._gunicorn_master import prepare_master, signal_name
 from graceful._lifecycle import get_lifecycle
 
 __all__ = ["SingleThreadWorker", "ThreadWorker", "UvicornWorker"]
@@ -85,6 +86,18 @@ class ThreadWorker(_WSGIWorkerMixin, _GThreadWorker):  # type: ignore[misc]
             # reset at the end (gunicorn #3397). Refuse them now instead: the drain delay is over,
             # the load balancer has stopped sending here.
             self.close_listeners()
+
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        # Stock gthread raises SystemExit here, but interpreter exit then joins the thread pool's
+        # threads (concurrent.futures), so one long request holds the "quick" exit until the
+        # master's SIGKILL at graceful_timeout. QUIT/INT mean "stop now": cut in-flight work.
+        self.alive = False
+        self.cfg.worker_int(self)
+        self.log.info("Worker exiting at once on %s (pid: %s)", signal_name(sig), self.pid)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 class SingleThreadWorker(_WSGIWorkerMixin, _SyncWorker):  # type: ignore[misc]

@@ -1,0 +1,302 @@
+"""graceful.wsgi.GracefulMiddleware at the WSGI boundary, called the way a PEP 3333 server calls it.
+
+A tiny in-test "server" (``serve``) calls the app, iterates the result and always calls ``close()``,
+or stops early as a server does when the client went away. Real gunicorn processes are driven in
+test_gunicorn*.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import wsgiref.util
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import pytest
+
+from graceful import Lifecycle, Phase, Settings
+from graceful.wsgi import GracefulMiddleware, find_middleware
+
+TOKEN = "a-long-enough-token-123"
+Environ = dict[str, Any]
+
+
+def environ(path: str = "/", method: str = "GET", query: str = "", host: str = "127.0.0.1", **extra: Any) -> Environ:
+    env: Environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "REMOTE_ADDR": host,
+        "SERVER_NAME": "test",
+        "SERVER_PORT": "80",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.url_scheme": "http",
+        "wsgi.file_wrapper": wsgiref.util.FileWrapper,
+    }
+    env.update(extra)
+    return env
+
+
+class Served:
+    """What the server saw: status, headers, body, and whether close() was called."""
+
+    def __init__(self) -> None:
+        self.status = ""
+        self.headers: list[tuple[str, str]] = []
+        self.body = b""
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        self.status, self.headers = status, headers
+        return lambda data: None
+
+    @property
+    def code(self) -> int:
+        return int(self.status.split()[0])
+
+    def header(self, name: str) -> str | None:
+        return next((value for key, value in self.headers if key.lower() == name), None)
+
+
+def serve(app: Any, env: Environ, *, stop_after: int | None = None) -> Served:
+    """Call ``app`` as a WSGI server does; ``stop_after`` chunks mimics a client that went away."""
+    served = Served()
+    result = app(env, served.start_response)
+    try:
+        for number, chunk in enumerate(result):
+            if stop_after is not None and number >= stop_after:
+                break
+            served.body += chunk
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return served
+
+
+def hello(env: Environ, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+@pytest.fixture
+def lifecycle() -> Iterator[Lifecycle]:
+    """A private lifecycle on its own board (not the process default)."""
+    made = Lifecycle(Settings(drain_delay=0.2, drain_timeout=2.0))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def test_probes_follow_the_phase(lifecycle: Lifecycle) -> None:
+    """live stays 200 throughout; ready is 200 in service and 503 from the first instant of the drain."""
+    app = GracefulMiddleware(hello, lifecycle=lifecycle)
+    assert serve(app, environ("/healthz/ready")).code == 200  # the first request opens the gate
+    assert serve(app, environ("/healthz/startup")).code == 200
+    lifecycle.begin_drain("test")
+    codes = [serve(app, environ(path)).code for path in ("/healthz/live", "/healthz/ready", "/healthz/startup")]
+    assert codes == [200, 503, 200]
+    assert serve(app, environ("/")).body == b"hello"  # ordinary traffic is still served
+
+
+def test_health_json_counts_and_probes_are_not_in_flight(lifecycle: Lifecycle) -> None:
+    """/healthz answers JSON figures; probe requests are not counted as requests."""
+    app = GracefulMiddleware(hello, lifecycle=lifecycle)
+    serve(app, environ("/"))
+    served = serve(app, environ("/healthz"))
+    figures = json.loads(served.body)
+    assert served.code == 200 and served.header("content-type") == "application/json"
+    assert figures["requests"] == 1 and figures["in_flight"] == 0 and figures["phase"] == "ready"
+
+
+def test_head_probe_has_no_body(lifecycle: Lifecycle) -> None:
+    """HEAD on a probe answers the status with an empty body."""
+    app = GracefulMiddleware(hello, lifecycle=lifecycle)
+    served = serve(app, environ("/healthz/live", method="HEAD"))
+    assert served.code == 200 and served.body == b""
+
+
+@pytest.mark.parametrize(
+    ("host", "authorization", "expected"),
+    [
+        ("127.0.0.1", None, 202),
+        ("10.0.0.9", None, 403),
+        ("10.0.0.9", f"Bearer {TOKEN}", 202),
+        ("127.0.0.1", "Bearer wrong-token-of-length", 403),
+        ("", None, 403),  # no REMOTE_ADDR (a UNIX socket): not loopback
+    ],
+)
+def test_shutdown_is_authorised_from_remote_addr(lifecycle: Lifecycle, host: str, authorization: str | None, expected: int) -> None:
+    """POST /shutdown drains for loopback callers (REMOTE_ADDR) or the bearer token, else 403 and nothing changes."""
+    lifecycle.settings = lifecycle.settings.replace(shutdown_token=TOKEN)
+    app = GracefulMiddleware(hello, lifecycle=lifecycle)
+    extra = {"HTTP_AUTHORIZATION": authorization} if authorization else {}
+    served = serve(app, environ("/shutdown", method="POST", host=host, **extra))
+    assert served.code == expected
+    assert lifecycle.phase.is_terminating is (expected == 202)
+
+
+def test_shutdown_get_is_refused_unless_allowed(lifecycle: Lifecycle) -> None:
+    """GET /shutdown is 405 by default (a stray GET must not drain) and 202 with shutdown_allow_get."""
+    app = GracefulMiddleware(hello, lifecycle=lifecycle)
+    assert serve(app, environ("/shutdown")).code == 405 and not lifecycle.phase.is_terminating
+    lifecycle.settings = lifecycle.settings.replace(shutdown_allow_get=True)
+    assert serve(app, environ("/shutdown")).code == 202 and lifecycle.phase is Phase.DRAINING
+
+
+def test_shutdown_wait_answers_when_the_delay_is_over(lifecycle: Lifecycle) -> None:
+    """POST /shutdown?wait=1 holds the reply until the drain delay (0.2 s here) has passed."""
+    app = GracefulMiddleware(hello, lifecycle=lifecycle)
+    served = serve(app, environ("/shutdown", method="POST", query="wait=1"))
+    assert served.code == 202
+    assert lifecycle.drain_delay_over()
+    assert served.header("connection") == "close"
+
+
+def test_connection_close_while_draining(lifecycle: Lifecycle) -> None:
+    """Responses that start during the drain carry Connection: close (replacing the app's own)."""
+
+    def keep_alive(env: Environ, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Connection", "keep-alive")])
+        return [b"x"]
+
+    app = GracefulMiddleware(keep_alive, lifecycle=lifecycle)
+    assert serve(app, environ("/")).header("connection") == "keep-alive"
+    lifecycle.begin_drain("test")
+    served = serve(app, environ("/"))
+    assert [value for name, value in served.headers if name.lower() == "connection"] == ["close"]
+
+
+def test_gunicorn_response_is_asked_to_close_instead_of_a_header(lifecycle: Lifecycle) -> None:
+    """Under gunicorn, which drops hop-by-hop headers from apps, the Response's force_close() is called."""
+
+    class Response:
+        def __init__(self) -> None:
+            self.closed = False
+            self.headers: list[tuple[str, str]] = []
+
+        def force_close(self) -> None:
+            self.closed = True
+
+        def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            self.headers = headers
+            return lambda data: None
+
+    app = GracefulMiddleware(hello, lifecycle=lifecycle)
+    lifecycle.begin_drain("test")
+    response = Response()
+    result = app(environ("/"), response.start_response)
+    list(result)
+    result.close()  # type: ignore[attr-defined]
+    assert response.closed and all(name.lower() != "connection" for name, _ in response.headers)
+
+
+def test_in_flight_until_close_for_a_streamed_body(lifecycle: Lifecycle) -> None:
+    """A generator body counts from the call until the server closes it, not until the app returns."""
+    seen: list[int] = []
+
+    def stream(env: Environ, start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        for number in range(3):
+            seen.append(lifecycle.local_in_flight)
+            yield str(number).encode()
+
+    app = GracefulMiddleware(stream, lifecycle=lifecycle)
+    result = app(environ("/"), Served().start_response)
+    assert lifecycle.local_in_flight == 1
+    assert b"".join(result) == b"012"
+    assert lifecycle.local_in_flight == 1  # iterated to the end, but not closed yet
+    result.close()  # type: ignore[attr-defined]
+    assert seen == [1, 1, 1] and lifecycle.local_in_flight == 0
+    result.close()  # type: ignore[attr-defined]  # a second close does not count twice
+    assert lifecycle.local_in_flight == 0
+
+
+def test_client_disconnect_mid_stream_ends_the_count(lifecycle: Lifecycle) -> None:
+    """A server that stops iterating (client gone) and closes the body leaves the count exact."""
+    closed: list[bool] = []
+
+    def stream(env: Environ, start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        try:
+            for number in range(100):
+                yield str(number).encode()
+        finally:
+            closed.append(True)
+
+    app = GracefulMiddleware(stream, lifecycle=lifecycle)
+    served = serve(app, environ("/"), stop_after=2)
+    assert served.body == b"01" and closed == [True] and lifecycle.local_in_flight == 0
+
+
+def test_exceptions_leave_the_count_exact(lifecycle: Lifecycle) -> None:
+    """An app that raises when called, or while its body is iterated, is not left in flight."""
+
+    def raises_at_call(env: Environ, start_response: Any) -> list[bytes]:
+        raise RuntimeError("boom")
+
+    def raises_in_body(env: Environ, start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"a"
+        raise RuntimeError("boom")
+
+    for broken in (raises_at_call, raises_in_body):
+        app = GracefulMiddleware(broken, lifecycle=lifecycle)
+        with pytest.raises(RuntimeError):
+            serve(app, environ("/"))
+        assert lifecycle.local_in_flight == 0
+    assert lifecycle.snapshot()["requests"] == 2
+
+
+def test_file_wrapper_result_is_kept_and_counted_until_close(lifecycle: Lifecycle) -> None:
+    """A wsgi.file_wrapper result stays the server's own type (sendfile path) and counts until close()."""
+    files: list[io.BytesIO] = []
+
+    def send_file(env: Environ, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        files.append(io.BytesIO(b"file body"))
+        return env["wsgi.file_wrapper"](files[-1], 4)  # type: ignore[no-any-return]
+
+    app = GracefulMiddleware(send_file, lifecycle=lifecycle)
+    result = app(environ("/"), Served().start_response)
+    assert isinstance(result, wsgiref.util.FileWrapper)
+    assert b"".join(result) == b"file body" and lifecycle.local_in_flight == 1
+    result.close()
+    assert files[0].closed and lifecycle.local_in_flight == 0
+
+
+def test_threads_count_exactly(lifecycle: Lifecycle) -> None:
+    """Many threads serving at once leave in-flight 0 and the request total exact (the counter is locked)."""
+    app = GracefulMiddleware(hello, lifecycle=lifecycle)
+    per_thread, threads = 500, 8
+
+    def work() -> None:
+        for _ in range(per_thread):
+            serve(app, environ("/"))
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert lifecycle.local_in_flight == 0
+    assert lifecycle.snapshot()["requests"] == per_thread * threads
+
+
+def test_find_middleware_sees_flask_style_wiring(lifecycle: Lifecycle) -> None:
+    """An app whose ``wsgi_app`` (Flask) or ``app`` attribute is the middleware counts as wrapped."""
+
+    class FlaskLike:
+        def __init__(self) -> None:
+            self.wsgi_app: Any = hello
+
+        def __call__(self, env: Environ, start_response: Any) -> Iterable[bytes]:
+            return self.wsgi_app(env, start_response)  # type: ignore[no-any-return]
+
+    flask_like = FlaskLike()
+    assert find_middleware(flask_like) is None
+    flask_like.wsgi_app = GracefulMiddleware(hello, lifecycle=lifecycle)
+    assert find_middleware(flask_like) is flask_like.wsgi_app
+    assert find_middleware(hello) is None
