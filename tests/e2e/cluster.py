@@ -684,3 +684,42 @@ def uvicorn_spec(*, chain: bool = False, pre_stop: PreStop = None, **env: str) -
         env={"GRACEFUL_CHAIN_SERVER_SIGNALS": "1" if chain else "0", **env},
         pre_stop=pre_stop,
     )
+
+
+# -- gunicorn pod templates (issue 4) ---------------------------------------------------------------
+
+WSGI_APP = "examples.flask_app:app"
+GUNICORN_UVICORN = ("graceful.gunicorn.UvicornWorker", "-w", "2")
+GUNICORN_THREAD = ("graceful.gunicorn.ThreadWorker", "-w", "2", "--threads", "4")
+# Stock baselines: uvicorn's own gunicorn worker (deprecated in uvicorn in favour of the
+# uvicorn-worker package, which behaves the same on SIGTERM) and gunicorn's gthread.
+STOCK_GUNICORN_UVICORN = ("uvicorn.workers.UvicornWorker", "-w", "2")
+STOCK_GUNICORN_THREAD = ("gthread", "-w", "2", "--threads", "4")
+
+
+def gunicorn_spec(
+    worker: Sequence[str],
+    app: str,
+    *,
+    drain_delay: float | None = None,
+    supervised: bool = False,
+    pre_stop: PreStop = None,
+    **env: str,
+) -> PodSpec:
+    """gunicorn as PID 1, or as the child of ``graceful-run`` (``supervised``) with the drain delay.
+
+    ``worker`` is the worker class then its options (``GUNICORN_THREAD`` ...). Keep-alive is 5 s as
+    uvicorn's default (gunicorn's is 2 s, below the idle clients' gaps: every idle client would race
+    the server's idle close, with or without a rollout). No control socket: pods share one $HOME.
+    """
+    worker_class, *options = worker
+    argv = [
+        "python", "-m", "gunicorn", "-k", worker_class, *options, "-b", f"{LOCALHOST}:{{port}}",
+        "--keep-alive", "5", "--no-control-socket", app,
+    ]  # fmt: skip
+    environment = {} if drain_delay is None else {"GRACEFUL_DRAIN_DELAY": f"{drain_delay:g}"}
+    if supervised:
+        if drain_delay is None:
+            raise ValueError("supervised=True needs drain_delay: the supervisor owns the clock")
+        argv = ["python", "-m", "graceful.supervisor", "--drain-delay", f"{drain_delay:g}", "--", *argv]
+    return PodSpec(argv=argv, env={**environment, **env}, pre_stop=pre_stop)
