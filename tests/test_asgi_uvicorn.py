@@ -149,10 +149,10 @@ def test_websockets_count_from_connect_to_close(running: Running) -> None:
         assert running.lifecycle.local_in_flight == 1
         assert running.lifecycle.snapshot()["websockets"] == 1
     running.settle()
-    dropped = ws_connect(ws_url, open_timeout=5)
-    wait_for(lambda: running.lifecycle.local_in_flight == 1, 5, "websocket open")
-    dropped.socket.close()  # no close frame: an abnormal end
-    running.settle()
+    with ws_connect(ws_url, open_timeout=5, close_timeout=1) as dropped:
+        wait_for(lambda: running.lifecycle.local_in_flight == 1, 5, "websocket open")
+        dropped.socket.shutdown(socket.SHUT_RDWR)  # the TCP connection drops: no close frame
+        running.settle()
     assert running.lifecycle.snapshot()["websockets"] == 0
 
 
