@@ -19,10 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 # Imported after the path fix above (ruff does not flag imports that follow a statement in scripts).
 from tests.e2e.cluster import (
+    APP,
+    GUNICORN_UVICORN,
+    STOCK_GUNICORN_UVICORN,
     PodSpec,
     RolloutReport,
     Scenario,
     graceful_spec,
+    gunicorn_spec,
     missing_requirements,
     run_rollout,
     uvicorn_spec,
@@ -49,6 +53,24 @@ SCENARIOS: dict[str, tuple[str, SpecFactory]] = {
         lambda args: uvicorn_spec(chain=True, GRACEFUL_DRAIN_DELAY=f"{args.drain_delay:g}"),
     ),
 }
+# gunicorn with ASGI workers (issue 4); the WSGI (gthread) ones, whose pods serve no websockets,
+# are in bench/rollout_gunicorn.py, which runs them with a load that has no websocket clients.
+SCENARIOS.update(
+    {
+        "gunicorn-uvicorn-stock": (
+            "stock gunicorn -k uvicorn.workers.UvicornWorker -w 2",
+            lambda args: gunicorn_spec(STOCK_GUNICORN_UVICORN, APP),
+        ),
+        "gunicorn-uvicorn": (
+            "gunicorn -k graceful.gunicorn.UvicornWorker -w 2",
+            lambda args: gunicorn_spec(GUNICORN_UVICORN, APP, drain_delay=args.drain_delay),
+        ),
+        "gunicorn-uvicorn-supervised": (
+            "graceful-run + gunicorn -k graceful.gunicorn.UvicornWorker -w 2",
+            lambda args: gunicorn_spec(GUNICORN_UVICORN, APP, drain_delay=args.drain_delay, supervised=True),
+        ),
+    }
+)
 DEFAULT = "graceful,uvicorn,uvicorn-prestop-sleep,uvicorn-chained"
 
 

@@ -54,6 +54,8 @@ IN_FLIGHT_MASK = REQUEST_UNIT - 1
 REQUEST_STARTED = REQUEST_UNIT + 1
 
 _TERMINATING = int(Phase.DRAINING)
+#: ``phase_cell`` value from which the instance is terminating (DRAINING or later).
+TERMINATING_PHASE = _TERMINATING
 
 _HEADER_BYTES = HEADER_INTS * 8
 _TIMES_BYTES = TIMES * 8
@@ -217,6 +219,11 @@ class StateBoard:
             self._times[_T_PHASE_CHANGED] = now
             self._header[_H_PHASE] = int(target)
             return current
+
+    @property
+    def phase_cell(self) -> tuple[memoryview, int]:
+        """``(ints, index)``: ``ints[index]`` is the phase as an int, for hot paths that read it inline."""
+        return self._header, _H_PHASE
 
     @property
     def is_terminating(self) -> bool:

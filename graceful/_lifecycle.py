@@ -60,6 +60,8 @@ class Lifecycle:
         self.terminating = [self._seen_phase.is_terminating]
         self._events: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
         self._count_lock = threading.Lock()
+        #: The lock the ``*_threadsafe`` counters take, for hot paths that count inline.
+        self.count_lock = self._count_lock
         self._notify_lock = threading.Lock()
         self.traffic_cell: list[Any] = []
         #: A slot a parent (the gunicorn master) reserved for the next forked child: see

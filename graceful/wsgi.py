@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import http
 import logging
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
+from types import MethodType, TracebackType
 from typing import Any, Protocol
 
+from graceful._board import REQUEST_STARTED, TERMINATING_PHASE
 from graceful._control import ControlPlane, Reply, Request
 from graceful._lifecycle import Lifecycle, get_lifecycle
 from graceful._logging import install_probe_log_filter
@@ -41,6 +44,16 @@ class StartResponse(Protocol):
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 WAIT_INTERVAL = 0.05
+_CLOSE = ("Connection", "close")
+_PHASE = 3  # index of the phase in the board's header (StateBoard.phase_cell)
+
+# Threads of a WSGI server share this process's slot. With the GIL, one `ints[i] += n` on a
+# memoryview is atomic between threads: memoryview item access runs no Python code, and CPython
+# switches threads (and runs signal handlers) only at eval-breaker checks, which none of
+# BINARY_SUBSCR / BINARY_OP / STORE_SUBSCR make (tests/test_wsgi.py counts 8 threads exactly with
+# a 1 us switch interval). A lock would double the middleware's cost. Free-threaded builds (no GIL)
+# take the lifecycle's count lock instead.
+_GIL_MAKES_ADD_ATOMIC: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 class GracefulMiddleware:
@@ -48,7 +61,8 @@ class GracefulMiddleware:
 
     Settings come, in order of precedence, from keyword arguments, ``settings``, then ``GRACEFUL_*``
     environment variables. All middlewares of a process share one lifecycle (``get_lifecycle``).
-    Safe under threaded servers: the in-flight count of this process is updated under a lock.
+    Safe under threaded servers: the in-flight count of this process stays exact (see
+    ``_GIL_MAKES_ADD_ATOMIC``).
     """
 
     def __init__(
@@ -69,37 +83,63 @@ class GracefulMiddleware:
         self.lifecycle = lifecycle
         self.control = ControlPlane(lifecycle)
         self._paths = self.control.paths
-        self._board = lifecycle.board
-        self._gate_open = False
+        phases, phase_index = lifecycle.board.phase_cell
+        assert phase_index == _PHASE
+        self._phases = phases
+        self._traffic_cell = lifecycle.traffic_cell  # a list updated in place after a fork
+        self._lock = None if _GIL_MAKES_ADD_ATOMIC else lifecycle.count_lock
+        # Until the server has started, every path is "special" (see _serve_special): one set
+        # lookup on the hot path instead of a check for the gate and one for the paths.
+        self._special_paths: frozenset[str] | _EveryPath = _EVERY_PATH
         if not lifecycle.settings.log_probes:
             install_probe_log_filter(lifecycle.settings)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if not self._gate_open:
-            # A server only calls the app once it has started: the first request opens the gate.
-            self._gate_open = True
+        # The hot path is written out here (no helper calls, the counter changed inline): see
+        # bench/overhead_wsgi.py for what it costs.
+        if environ.get("PATH_INFO", "") in self._special_paths:
+            return self._serve_special(environ, start_response)
+        if self._phases[_PHASE] >= TERMINATING_PHASE:
+            # Draining: this response tells the client to take its next request elsewhere.
+            # Decided when the request arrives, not when the response starts as in the ASGI
+            # middleware: wrapping start_response on every request would cost as much as the rest
+            # of the middleware. A request that began before the drain keeps its connection; the
+            # next request on it is still served during the delay, with Connection: close.
+            start_response = _closing_start_response(self.lifecycle, start_response)
+        counters, traffic = self._traffic_cell  # the slot of this process (re-taken after a fork)
+        lock = self._lock
+        if lock is None:
+            counters[traffic] += REQUEST_STARTED  # one more in flight, one more served
+        else:
+            _add(counters, traffic, REQUEST_STARTED, lock)
+        try:
+            result = self.app(environ, start_response)
+            file_wrapper = environ.get("wsgi.file_wrapper")
+            if (
+                file_wrapper is not None
+                and isinstance(file_wrapper, type)
+                and isinstance(result, file_wrapper)
+                and _hook_close(result, counters, traffic, lock)
+            ):
+                # The server's own file wrapper is kept (gunicorn sends it with sendfile); its
+                # close() now ends the count (PEP 3333, "Optional Platform-Specific File Handling").
+                return result
+        except BaseException:
+            _add(counters, traffic, -1, lock)
+            raise
+        if lock is None:
+            return _Counted(result, counters, traffic)
+        return _CountedLocked(result, counters, traffic, lock)
+
+    def _serve_special(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self._special_paths is _EVERY_PATH:
+            # A server only calls the app once it has started: the first request opens the gate,
+            # and from then on only the probe and shutdown paths are special.
+            self._special_paths = self._paths
             self.lifecycle.open_gate()
         if environ.get("PATH_INFO", "") in self._paths:
             return self._answer_control(environ, start_response)
-        lifecycle = self.lifecycle
-        board = self._board
-
-        def start_closing_when_draining(
-            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-        ) -> Callable[[bytes], object]:
-            # Decided when the response starts, as in the ASGI middleware: a response that begins
-            # during the drain tells the client to take its next request elsewhere.
-            if board.is_terminating:
-                headers = _closing(lifecycle, start_response, headers)
-            return start_response(status, headers, exc_info)
-
-        lifecycle.request_started_threadsafe()
-        try:
-            result = self.app(environ, start_closing_when_draining)
-        except BaseException:
-            lifecycle.request_finished_threadsafe()
-            raise
-        return _counted(result, lifecycle, environ.get("wsgi.file_wrapper"))
+        return self(environ, start_response)
 
     # -- probes and /shutdown --------------------------------------------------------------------
 
@@ -132,6 +172,17 @@ class GracefulMiddleware:
             time.sleep(min(remaining, WAIT_INTERVAL))
 
 
+def _closing_start_response(lifecycle: Lifecycle, start_response: StartResponse) -> StartResponse:
+    """``start_response`` that makes the server close the connection after this response."""
+
+    def start_closing(
+        status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        return start_response(status, _closing(lifecycle, start_response, headers), exc_info)
+
+    return start_closing
+
+
 def _closing(
     lifecycle: Lifecycle, start_response: StartResponse, headers: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
@@ -140,12 +191,15 @@ def _closing(
         lifecycle.poll()  # another process moved the phase: tell this process's listeners
     # gunicorn drops hop-by-hop headers an app sets (gunicorn/http/wsgi.py process_headers, as
     # PEP 3333 forbids apps to send them), so ask its Response object to close instead.
-    force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
-    if callable(force_close):
-        force_close()
-        return headers
-    kept = [(name, value) for name, value in headers if name.lower() != "connection"]
-    return [*kept, ("Connection", "close")]
+    if isinstance(start_response, MethodType):  # cheaper than a failing getattr on functions
+        force_close = getattr(start_response.__self__, "force_close", None)
+        if callable(force_close):
+            force_close()
+            return headers
+    for name, _ in headers:
+        if name.lower() == "connection":  # the app set one (PEP 3333 forbids it): replace it
+            return [(name, value) for name, value in headers if name.lower() != "connection"] + [_CLOSE]
+    return [*headers, _CLOSE]
 
 
 def _str_headers(reply: Reply) -> list[tuple[str, str]]:
@@ -159,17 +213,75 @@ def _status_line(status: int) -> str:
         return f"{status} Unknown"
 
 
-def _counted(result: Iterable[bytes], lifecycle: Lifecycle, file_wrapper: Any) -> Iterable[bytes]:
-    """The app's iterable, with ``close()`` ending the request's count exactly once."""
-    # Keep the server's own file wrapper (gunicorn sends it with sendfile): only hook its close(),
-    # which the server calls after the last byte (PEP 3333, "Optional Platform-Specific File
-    # Handling").
-    if isinstance(file_wrapper, type) and isinstance(result, file_wrapper) and _hook_close(result, lifecycle):
-        return result
-    return _CountedIterable(result, lifecycle)
+class _Counted:
+    """The app's body; ``close()`` closes it and ends the request's count, exactly once.
+
+    A class rather than a generator: a generator would end the count (and close the app's
+    iterable) when the last chunk is taken, before the server has written it; PEP 3333 has the
+    server call ``close()`` when it is done, whether the body ran out, failed or the client left.
+    """
+
+    __slots__ = ("_counters", "_result", "_traffic")
+
+    def __init__(self, result: Iterable[bytes], counters: memoryview, traffic: int) -> None:
+        self._result = result
+        self._counters: memoryview | None = counters
+        self._traffic = traffic
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        counters = self._counters
+        if counters is None:
+            return  # closed before
+        self._counters = None
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish(counters)
+
+    def _finish(self, counters: memoryview) -> None:
+        counters[self._traffic] -= 1  # atomic with the GIL: see _GIL_MAKES_ADD_ATOMIC
 
 
-def _hook_close(result: Any, lifecycle: Lifecycle) -> bool:
+class _CountedLocked(_Counted):
+    """``_Counted`` for free-threaded Python: the count changes under the lifecycle's lock."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(
+        self, result: Iterable[bytes], counters: memoryview, traffic: int, lock: threading.Lock
+    ) -> None:
+        super().__init__(result, counters, traffic)
+        self._lock = lock
+
+    def _finish(self, counters: memoryview) -> None:
+        _add(counters, self._traffic, -1, self._lock)
+
+
+def _add(counters: memoryview, traffic: int, amount: int, lock: threading.Lock | None) -> None:
+    if lock is None:
+        counters[traffic] += amount
+        return
+    with lock:
+        counters[traffic] += amount
+
+
+class _EveryPath:
+    """A stand-in path set that contains every path (see ``_special_paths``)."""
+
+    def __contains__(self, path: object) -> bool:
+        return True
+
+
+_EVERY_PATH = _EveryPath()
+
+
+def _hook_close(result: Any, counters: memoryview, traffic: int, lock: threading.Lock | None) -> bool:
+    """Make the file wrapper's ``close()`` end the count (once); False if it cannot be set."""
     original = getattr(result, "close", None)
     done = [False]
 
@@ -180,37 +292,13 @@ def _hook_close(result: Any, lifecycle: Lifecycle) -> bool:
         finally:
             if not done[0]:
                 done[0] = True
-                lifecycle.request_finished_threadsafe()
+                _add(counters, traffic, -1, lock)
 
     try:
         result.close = close
     except AttributeError:  # __slots__ or a read-only attribute: wrap it instead
         return False
     return True
-
-
-class _CountedIterable:
-    """Iterates the app's result; ``close()`` closes it and ends the count (once)."""
-
-    __slots__ = ("_lifecycle", "_open", "_result")
-
-    def __init__(self, result: Iterable[bytes], lifecycle: Lifecycle) -> None:
-        self._result = result
-        self._lifecycle = lifecycle
-        self._open = True
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._result)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._result, "close", None)
-            if close is not None:
-                close()
-        finally:
-            if self._open:
-                self._open = False
-                self._lifecycle.request_finished_threadsafe()
 
 
 def find_middleware(app: Any, depth: int = 16) -> GracefulMiddleware | None:

@@ -186,7 +186,8 @@ def test_ttou_does_not_flip_readiness(started: list[ServerProcess]) -> None:
 
 def test_sigkilled_worker_in_flight_count_is_freed_at_reap(started: list[ServerProcess]) -> None:
     """A worker SIGKILLed with requests in flight: the total drops to the survivors' true count once the master reaps it."""
-    server = start(started, "thread")
+    # 8 threads a worker: even with all four slow requests on one worker, /healthz finds a thread.
+    server = start(started, "thread", "--threads", "8")
     slow = [Background(server, "/slow?seconds=4") for _ in range(4)]
     wait_for(lambda: health(server)["in_flight"] == 4, 5, "four requests in flight")
     per_process = health(server)["per_process"]

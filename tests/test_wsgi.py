@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import threading
 import wsgiref.util
 from collections.abc import Callable, Iterable, Iterator
@@ -268,9 +269,20 @@ def test_file_wrapper_result_is_kept_and_counted_until_close(lifecycle: Lifecycl
 
 
 def test_threads_count_exactly(lifecycle: Lifecycle) -> None:
-    """Many threads serving at once leave in-flight 0 and the request total exact (the counter is locked)."""
+    """Many threads serving at once, switching every microsecond, leave in-flight 0 and the request total exact."""
     app = GracefulMiddleware(hello, lifecycle=lifecycle)
-    per_thread, threads = 500, 8
+    per_thread, threads = 2000, 8
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # force thread switches as often as CPython allows
+    try:
+        run_threads(app, per_thread, threads)
+    finally:
+        sys.setswitchinterval(interval)
+    assert lifecycle.local_in_flight == 0
+    assert lifecycle.snapshot()["requests"] == per_thread * threads
+
+
+def run_threads(app: GracefulMiddleware, per_thread: int, threads: int) -> None:
 
     def work() -> None:
         for _ in range(per_thread):
@@ -280,9 +292,7 @@ def test_threads_count_exactly(lifecycle: Lifecycle) -> None:
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(30)
-    assert lifecycle.local_in_flight == 0
-    assert lifecycle.snapshot()["requests"] == per_thread * threads
+        worker.join(60)
 
 
 def test_find_middleware_sees_flask_style_wiring(lifecycle: Lifecycle) -> None:
