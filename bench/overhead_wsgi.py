@@ -58,7 +58,9 @@ def write(data: bytes) -> None:
     return None
 
 
-def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+def start_response(
+    status: str, headers: list[tuple[str, str]], exc_info: Any = None
+) -> Callable[[bytes], None]:
     return write
 
 

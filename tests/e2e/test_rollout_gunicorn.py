@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.e2e.cluster import APP as ASGI_APP
 from tests.e2e.cluster import (
     GUNICORN_THREAD,
     GUNICORN_UVICORN,
@@ -18,7 +19,6 @@ from tests.e2e.cluster import (
     gunicorn_spec,
     run_rollout,
 )
-from tests.e2e.cluster import APP as ASGI_APP
 from tests.e2e.load import CLIENT_KINDS, LoadConfig
 from tests.e2e.test_rollout import DRAIN_DELAY, GRACE, LAG, MARGIN, SLOW_SECONDS, assert_lossless
 
