@@ -23,6 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 WORKERS = {
     "thread": (["-k", "graceful.gunicorn.ThreadWorker", "-w", "2", "--threads", "4"], "tests.test_wsgi_apps:app"),
     "uvicorn": (["-k", "graceful.gunicorn.UvicornWorker", "-w", "2"], "examples.starlette_app:app"),
+    "single": (["-k", "graceful.gunicorn.SingleThreadWorker", "-w", "2"], "tests.test_wsgi_apps:app"),
 }
 DELAY = 1.5
 
@@ -77,7 +78,7 @@ class Background:
         return self.result
 
 
-@pytest.mark.parametrize("kind", ["thread", "uvicorn"])
+@pytest.mark.parametrize("kind", ["thread", "uvicorn", "single"])
 def test_sigterm_drains_in_the_master_then_stops(started: list[ServerProcess], kind: str) -> None:
     """SIGTERM to the master: readiness 503 at once, new connections served through the delay, in-flight work finishes, exit 0."""
     server = start(started, kind)
@@ -173,6 +174,23 @@ def test_hup_reload_under_load_keeps_readiness_and_loses_nothing(started: list[S
         thread.join(10)
     assert not failures, failures[:5]
     assert counts["ok"] >= 10 and counts["ready"] >= 5, counts
+    assert health(server)["phase"] == "ready"
+
+
+@pytest.mark.parametrize("kind", ["thread", "uvicorn"])
+def test_max_requests_recycling_does_not_flip_readiness(started: list[ServerProcess], kind: str) -> None:
+    """Workers that exit after --max-requests are replaced without the instance ever leaving READY."""
+    server = start(started, kind, "--max-requests", "5")
+    first = {entry["pid"] for entry in health(server)["per_process"]}  # type: ignore[attr-defined]
+    for _ in range(30):
+        assert fresh_get(server, "/fast").status_code == 200
+        assert server.status("/healthz/ready") == 200
+
+    def recycled() -> bool:
+        pids = {entry["pid"] for entry in health(server)["per_process"]}  # type: ignore[attr-defined]
+        return bool(pids - first)
+
+    wait_for(recycled, 10, "a worker to be recycled")
     assert health(server)["phase"] == "ready"
 
 
