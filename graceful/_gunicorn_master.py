@@ -34,6 +34,7 @@ def prepare_master(cfg: Any, log: Any) -> Lifecycle:
     The lifecycle made here is the process default; workers inherit it across fork (each takes its
     own slot), so the middleware in every worker reads and writes the same board.
     """
+    route_logs_to_gunicorn(log)
     lifecycle = get_lifecycle()
     lifecycle.per_process_health = True
     map_graceful_timeout(cfg, lifecycle, log)
@@ -51,6 +52,18 @@ def prepare_master(cfg: Any, log: Any) -> Lifecycle:
 
     cfg.set("when_ready", when_ready)
     return lifecycle
+
+
+def route_logs_to_gunicorn(log: Any) -> None:
+    """Write graceful's log lines through gunicorn's error log (its format, file and level), as the
+    uvicorn worker does for uvicorn's loggers; unless the application configured them already."""
+    graceful_logger = logging.getLogger("graceful")
+    error_log = getattr(log, "error_log", None)
+    if graceful_logger.handlers or error_log is None:
+        return
+    graceful_logger.handlers = list(error_log.handlers)
+    graceful_logger.setLevel(error_log.level)
+    graceful_logger.propagate = False
 
 
 def map_graceful_timeout(cfg: Any, lifecycle: Lifecycle, log: Any) -> None:
