@@ -100,9 +100,12 @@ def _pod_log_tail(path: Path, lines: int = 30) -> str:
 class Balancer:
     """HAProxy as kube-proxy: L4, round robin, no retries, K server slots switched at runtime."""
 
-    def __init__(self, workdir: Path, slots: int) -> None:
+    def __init__(self, workdir: Path, slots: int, *, server_options: Mapping[str, str] | None = None) -> None:
         self.workdir = workdir
         self.slots = slots
+        # Extra HAProxy options per slot ("s3" -> "agent-check agent-port 9777 slowstart 10s"):
+        # per slot, so one joining pod can be weighted differently from the pods already there.
+        self.server_options = dict(server_options or {})
         self.socket_path = workdir / "haproxy.sock"
         self.config_path = workdir / "haproxy.cfg"
         self.log_path = workdir / "haproxy.log"
@@ -114,7 +117,7 @@ class Balancer:
     def config_text(self) -> str:
         servers = "\n".join(
             # Port 1 is a placeholder: a disabled server gets its real address when a pod is added.
-            f"    server s{number} {LOCALHOST}:1 disabled"
+            f"    server s{number} {LOCALHOST}:1 disabled {self.server_options.get(f's{number}', '')}".rstrip()
             for number in range(1, self.slots + 1)
         )
         return f"""global
@@ -506,10 +509,11 @@ def cluster(
     grace: float = 30.0,
     slots: int = 8,
     keep_dir: bool = False,
+    server_options: Mapping[str, str] | None = None,
 ) -> Iterator[Cluster]:
     """A balancer and a kubelet in a temporary directory; everything is killed on the way out."""
     workdir = Path(tempfile.mkdtemp(prefix="graceful-e2e-"))
-    balancer = Balancer(workdir, slots)
+    balancer = Balancer(workdir, slots, server_options=server_options)
     kubelet: Cluster | None = None
     try:
         balancer.start()
