@@ -18,7 +18,8 @@ import os
 import signal
 from typing import Any
 
-from graceful._lifecycle import Lifecycle, get_lifecycle
+from graceful._board import DEFAULT_SLOTS, MAX_SLOTS, BoardError
+from graceful._lifecycle import Lifecycle, peek_lifecycle, set_lifecycle
 from graceful._phase import Phase
 
 logger = logging.getLogger("graceful")
@@ -35,7 +36,20 @@ def prepare_master(cfg: Any, log: Any) -> Lifecycle:
     own slot), so the middleware in every worker reads and writes the same board.
     """
     route_logs_to_gunicorn(log)
-    lifecycle = get_lifecycle()
+    # One slot per worker, twice over: a HUP reload starts every new worker before the old ones
+    # leave. (With preload_app the app may have made the lifecycle already: it is kept.)
+    needed = max(DEFAULT_SLOTS, 2 * int(cfg.workers) + 8)
+    lifecycle = peek_lifecycle()
+    if lifecycle is None:
+        lifecycle = Lifecycle.from_env(slots=min(needed, MAX_SLOTS))
+        set_lifecycle(lifecycle)
+    if lifecycle.board.slots < needed:
+        log.warning(
+            "graceful: the state board has %d slots; %d workers need up to %d during a reload",
+            lifecycle.board.slots,
+            cfg.workers,
+            needed,
+        )
     lifecycle.per_process_health = True
     map_graceful_timeout(cfg, lifecycle, log)
     if lifecycle.external:
@@ -156,13 +170,18 @@ class _Master:
     # -- slots: given before fork, freed at reap -------------------------------------------------
 
     def spawn_worker(self) -> int | None:
-        slot = self.lifecycle.reserve_child_slot()
+        try:
+            slot: int | None = self.lifecycle.reserve_child_slot()
+        except BoardError as exc:  # more workers than slots (TTIN): serve anyway, uncounted
+            logger.error("graceful: %s; this worker's requests are not counted on the board", exc)
+            slot = None
         try:
             pid: int | None = self._spawn_worker()  # in the child this never returns
         except BaseException:
-            self.lifecycle.board.release_slot_held_by(slot, (os.getpid(),))
+            if slot is not None:
+                self.lifecycle.board.release_slot_held_by(slot, (os.getpid(),))
             raise
-        if pid:
+        if pid and slot is not None:
             self.slots[pid] = slot
         return pid
 

@@ -73,12 +73,20 @@ class Lifecycle:
         os.register_at_fork(after_in_child=self._claim_slot, after_in_parent=self._forget_child_slot)
 
     @classmethod
-    def from_env(cls, settings: Settings | None = None, *, clock: Clock = time.monotonic) -> Lifecycle:
-        """The entry-point constructor: settings from ``GRACEFUL_*``, board from ``GRACEFUL_STATE``."""
+    def from_env(
+        cls, settings: Settings | None = None, *, clock: Clock = time.monotonic, slots: int | None = None
+    ) -> Lifecycle:
+        """The entry-point constructor: settings from ``GRACEFUL_*``, board from ``GRACEFUL_STATE``.
+
+        ``slots``: size of a board made here (a multi-process server needs one per process); an
+        attached board keeps the size its creator gave it.
+        """
         settings = settings if settings is not None else Settings.from_env()
         path = os.environ.get(STATE_ENV)
         if path:
             return cls(settings, board=StateBoard.attach(path), external=True, clock=clock)
+        if slots is not None:
+            return cls(settings, board=StateBoard.create(slots=slots, now=clock()), clock=clock)
         return cls(settings, clock=clock)
 
     def _claim_slot(self) -> None:
@@ -299,6 +307,12 @@ def get_lifecycle() -> Lifecycle:
     with _default_lock:
         if _default is None:
             _default = Lifecycle.from_env()
+        return _default
+
+
+def peek_lifecycle() -> Lifecycle | None:
+    """The process's lifecycle if one was made or set already, else None (nothing is created)."""
+    with _default_lock:
         return _default
 
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 from gunicorn.config import Config
 
-from graceful import Lifecycle, Settings
-from graceful._gunicorn_master import map_graceful_timeout
+from graceful import Lifecycle, Settings, get_lifecycle, set_lifecycle
+from graceful._gunicorn_master import map_graceful_timeout, prepare_master
 
 
 @pytest.fixture
@@ -65,3 +65,20 @@ def test_child_adopts_the_slot_its_parent_reserved(lifecycle: Lifecycle) -> None
     assert lifecycle.board.release_slot_held_by(reserved, (pid, os.getpid()))
     assert not lifecycle.board.release_slot_held_by(lifecycle.slot, (pid,))  # not the child's: kept
     assert [slot.pid for slot in lifecycle.board.read_slots()] == [os.getpid()]
+
+
+def test_prepare_master_makes_a_board_sized_for_a_reload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a supervisor the master makes the process's board with room for twice the workers, and owns the clock."""
+    monkeypatch.delenv("GRACEFUL_STATE", raising=False)
+    set_lifecycle(None)
+    cfg = Config()
+    cfg.set("workers", 40)
+    made = prepare_master(cfg, logging.getLogger("test"))
+    try:
+        assert get_lifecycle() is made and not made.external
+        assert made.board.slots >= 88
+        assert made.board.owner_pid == os.getpid()
+        assert cfg.graceful_timeout == 25  # drain_timeout's default
+    finally:
+        set_lifecycle(None)
+        made.close()
