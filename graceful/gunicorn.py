@@ -125,7 +125,50 @@ def _uvicorn_server_class() -> type[Any]:
             # the stop (exit status 143); the worker installs its own handlers instead.
             yield
 
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            if not self.force_exit:
+                await self.linger()
+            await super().shutdown(sockets)
+
+        async def linger(self) -> None:
+            """Let connections between two requests send one more before uvicorn closes them.
+
+            uvicorn's shutdown closes every connection that is not inside a request at once: a
+            request already on its way on a just-accepted or kept-alive connection is then cut
+            ("server disconnected"). That happens on every worker exit, also when the instance
+            is not draining (HUP reload, max_requests, TTOU), which is why gthread lingers too
+            (gunicorn/workers/gthread.py STOP_KEEPALIVE_LINGER). So:
+            1. stop accepting (the other workers share the listening socket and take new ones);
+            2. this process's responses carry Connection: close from now on (the instance's
+               phase is left alone: only the master moves it);
+            3. wait, bounded, until no connection is between requests.
+            """
+            for server in self.servers:
+                server.close()
+            get_lifecycle().terminating[0] = True
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + min(LINGER, float(self.config.timeout_keep_alive))
+            while loop.time() < deadline and any(
+                _between_requests(connection) for connection in self.server_state.connections
+            ):
+                await asyncio.sleep(0.05)
+
     return WorkerServer
+
+
+#: Longest a stopping uvicorn worker waits for a request on an idle connection (see linger).
+LINGER = 1.0
+
+
+def _between_requests(connection: Any) -> bool:
+    """An HTTP connection of uvicorn's (h11 or httptools) that is not inside a request now."""
+    cycle: Any = getattr(connection, "cycle", _NOT_HTTP)
+    if cycle is _NOT_HTTP:
+        return False  # a websocket: uvicorn's own shutdown closes it (1012)
+    return cycle is None or bool(cycle.response_complete)
+
+
+_NOT_HTTP = object()
 
 
 class UvicornWorker(Worker):  # type: ignore[misc]
