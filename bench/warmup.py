@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -219,6 +220,11 @@ class Result:
     admission_samples: list[dict[str, float]]  # the new pod's /healthz admission, sampled in the join
     haproxy_weights: list[str]
     timeline: str
+    # Cores busy with work that is not this bench's (other jobs sharing the machine), per period:
+    # the figures of a period where this is high measure the neighbours as much as the scheme.
+    steady_others: float
+    join_others: float
+    join_ours: float  # cores this bench (client, HAProxy, pods) kept busy in the join
     seconds: float
     errors: list[str]
 
@@ -244,15 +250,57 @@ def p99(ordered: Sequence[float]) -> float:
 
 
 def timeline(samples: Sequence[Sample], begin: float, end: float, new_pod: str) -> str:
-    """Per second: `requests on the new pod/max ms there,max ms on the old pods` (for --verbose)."""
+    """Per second: `new pod requests/max ms, old pods max ms[, failures no pod answered]` (--verbose)."""
     cells = []
     for second in range(int(end - begin) + 1):
         low, high = begin + second, min(end, begin + second + 1)
         chosen = [sample for sample in samples if low <= sample.scheduled < high]
         new = [sample.latency for sample in chosen if sample.pod == new_pod]
-        old = [sample.latency for sample in chosen if sample.pod != new_pod]
-        cells.append(f"{len(new)}/{max(new, default=0) * 1000:.0f},{max(old, default=0) * 1000:.0f}")
+        old = [sample.latency for sample in chosen if sample.pod and sample.pod != new_pod]
+        lost = sum(1 for sample in chosen if not sample.pod)  # timeouts, resets: unknown pod
+        cell = f"{len(new)}/{max(new, default=0) * 1000:.0f},{max(old, default=0) * 1000:.0f}"
+        cells.append(cell + (f",{lost}x" if lost else ""))
     return " ".join(cells)
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """CPU seconds the machine's cores have been busy since boot (/proc/stat, all but idle/iowait)."""
+    values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / TICK
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of one process; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime: fields 14 and 15 of stat(5)
+
+
+@dataclass(frozen=True)
+class CpuMark:
+    at: float
+    busy: float  # the whole machine
+    ours: float  # this bench: its own process, HAProxy, every pod
+
+
+def cpu_mark(kube: Cluster) -> CpuMark:
+    pids = [os.getpid()]
+    if kube.balancer.process is not None:
+        pids.append(kube.balancer.process.pid)
+    for pod in kube.pods:
+        pids.extend((pod.process.pid, pod.pid1))
+    return CpuMark(time.monotonic(), machine_busy(), sum(process_cpu(pid) for pid in pids))
+
+
+def others_cores(first: CpuMark, last: CpuMark) -> float:
+    """Cores that work outside this bench kept busy between two marks (of the machine's 2 or more)."""
+    seconds = last.at - first.at
+    return max(0.0, (last.busy - first.busy) - (last.ours - first.ours)) / seconds if seconds > 0 else 0.0
 
 
 def pod_spec(env: dict[str, str]) -> PodSpec:
@@ -325,6 +373,7 @@ def run(scenario: Scenario, args: argparse.Namespace) -> Result:
     new_stats: dict[str, object] = {}
     errors: list[str] = []
     probe_failures: Counter[str] = Counter()
+    marks: list[CpuMark] = []  # steady begins, steady ends, join begins, join ends
     with (
         cluster(lag=LAG, probe_period=0.2, grace=5.0, slots=3, server_options=options) as kube,
         # One client for the whole run: a new httpx.Client costs milliseconds of CPU (SSL context),
@@ -344,9 +393,13 @@ def run(scenario: Scenario, args: argparse.Namespace) -> Result:
             total = SETTLE_SECONDS + STEADY_SECONDS + 10.0 + args.join_seconds
             load = OpenLoop(kube.balancer.port, args.rate, max_seconds=total)
             load.start()
-            time.sleep(SETTLE_SECONDS + STEADY_SECONDS)
+            time.sleep(SETTLE_SECONDS)
+            marks.append(cpu_mark(kube))
+            time.sleep(STEADY_SECONDS)
+            marks.append(cpu_mark(kube))
             new = kube.start_pod(f"{scenario.key}-new", pod_spec(new_env))
             kube.wait_added(new, timeout=10.0)
+            marks.append(cpu_mark(kube))
             assert new.added_at is not None and new.slot is not None
             # Watch the new pod through the join: its admission state and its HAProxy weight.
             join_end = new.added_at + args.join_seconds
@@ -366,6 +419,7 @@ def run(scenario: Scenario, args: argparse.Namespace) -> Result:
                         f"{time.monotonic() - new.added_at:4.1f}s {haproxy_weight(kube, new.slot)}"
                     )
                 time.sleep(max(0.0, min(0.1, join_end - time.monotonic())))
+            marks.append(cpu_mark(kube))
         finally:
             if load is not None:
                 samples = load.stop()
@@ -385,11 +439,29 @@ def run(scenario: Scenario, args: argparse.Namespace) -> Result:
     join = period(samples, new.added_at, join_end, new_pod)
     line = timeline(samples, steady_begin, join_end, new_pod)
     return Result(
-        scenario, steady, join, new_stats, admission, weights, line, time.monotonic() - began, errors
+        scenario=scenario,
+        steady=steady,
+        join=join,
+        new_stats=new_stats,
+        admission_samples=admission,
+        haproxy_weights=weights,
+        timeline=line,
+        steady_others=others_cores(marks[0], marks[1]),
+        join_others=others_cores(marks[2], marks[3]),
+        join_ours=(marks[3].ours - marks[2].ours) / max(1e-9, marks[3].at - marks[2].at),
+        seconds=time.monotonic() - began,
+        errors=errors,
     )
 
 
 # -- the report --------------------------------------------------------------------------------------
+
+
+TARGETS = {
+    "a": "p99 >= 10x steady p99",
+    "b": f"running <= cap; wait <= {QUEUE_TIMEOUT:g} s + service",
+    "c": "0 failures; p99 <= (a) p99 / 5",
+}
 
 
 def ms(seconds: float) -> str:
@@ -411,6 +483,8 @@ def rows(result: Result) -> list[list[str]]:
                 ms(part.max),
                 str(part.outcomes[TIMEOUT]),
                 f"{part.failures}" + (f" ({failures})" if failures else ""),
+                f"{result.steady_others if name == 'steady' else result.join_others:.2f}",
+                TARGETS.get(result.scenario.key, "") if name == "join" else "",
             ]
         )
     return out
@@ -427,6 +501,8 @@ def table(lines: list[list[str]]) -> str:
         "max ms",
         "timeouts",
         "failures",
+        "others' cores",
+        "target (join)",
     ]
     widths = [max(len(line[column]) for line in [header, *lines]) for column in range(len(header))]
 
@@ -479,9 +555,11 @@ def detail(result: Result) -> list[str]:
     join = result.join
     lines = [
         f"join p99 on the new pod {ms(join.new_p99)} ms, on the old pods {ms(join.old_p99)} ms; "
-        f"steady p99 {ms(result.steady.p99)} ms",
+        f"steady p99 {ms(result.steady.p99)} ms; in the join this bench kept {result.join_ours:.2f} cores "
+        f"busy, other work {result.join_others:.2f}",
         f"new pod /stats: {json.dumps(result.new_stats)}",
-        f"per second from the steady period on (new pod n/max ms, old pods max ms): {result.timeline}",
+        "per second from the steady period on (new pod requests/max ms, old pods max ms, "
+        f"unanswered): {result.timeline}",
     ]
     samples = result.admission_samples
     if samples:
