@@ -38,7 +38,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 POD = os.environ.get("POD_NAME", str(os.getpid()))
 KEYS = int(os.environ.get("WARMUP_APP_KEYS", "300"))
@@ -48,9 +47,9 @@ WARM_ROUNDS = int(os.environ.get("WARMUP_APP_WARM_ROUNDS", "2000"))  # ~1.5 ms
 # the event loop stays free to accept and dispatch, so concurrent requests reach the middleware,
 # where the cap and its queue can see them. (Run in the event loop instead, the work would queue
 # up in the socket backlog and the loop's ready queue, before any ASGI middleware sees it.)
-POOL = ThreadPoolExecutor(
-    max_workers=int(os.environ.get("WARMUP_APP_THREADS", "40")), thread_name_prefix="work"
-)
+# WARMUP_APP_THREADS=0 runs the work in the event loop, to see that case.
+THREADS = int(os.environ.get("WARMUP_APP_THREADS", "40"))
+POOL = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="work") if THREADS > 0 else None
 SALT = POD.encode()
 ARRIVED = "warmup_app.arrived"  # scope key: perf_counter() when the request reached the probe
 
@@ -150,7 +149,10 @@ async def work_app(scope: Scope, receive: Receive, send: Send) -> None:
         except ValueError:
             await _respond(send, 400, b"key must be an integer\n")
             return
-        digest, cold, spent = await asyncio.get_running_loop().run_in_executor(POOL, _value, key)
+        if POOL is None:
+            digest, cold, spent = _value(key)  # blocks the event loop: nothing else runs meanwhile
+        else:
+            digest, cold, spent = await asyncio.get_running_loop().run_in_executor(POOL, _value, key)
         stats.max_service = max(stats.max_service, spent)
         if cold:
             stats.cold += 1
