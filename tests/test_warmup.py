@@ -30,7 +30,7 @@ class RecordingApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            message = await receive()
+            await receive()  # lifespan.startup
             await send({"type": "lifespan.startup.complete"})
             await receive()
             await send({"type": "lifespan.shutdown.complete"})
@@ -45,12 +45,31 @@ class RecordingApp:
             self.running -= 1
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"done"})
-        del message
+
+
+class ArrivalRecorder:
+    """Outermost layer: records the order requests (``?n``) reach the server, just before admission.
+
+    No await lies between this record and the middleware's admission decision, so it is the
+    arrival order the FIFO queue must keep (the clients' own start order is not, on a busy machine).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.arrived: list[int] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/work":
+            query = dict(part.split("=") for part in scope["query_string"].decode().split("&") if "=" in part)
+            self.arrived.append(int(query.get("n", "-1")))
+        await self.app(scope, receive, send)
 
 
 class Server:
-    def __init__(self, middleware: GracefulMiddleware, app: RecordingApp | None, port: int) -> None:
-        self.middleware, self.app, self.port = middleware, app, port
+    def __init__(
+        self, middleware: GracefulMiddleware, app: RecordingApp | None, port: int, recorder: ArrivalRecorder
+    ) -> None:
+        self.middleware, self.app, self.port, self.recorder = middleware, app, port, recorder
         self.url = f"http://127.0.0.1:{port}"
         self.lifecycle = middleware.lifecycle
 
@@ -70,13 +89,14 @@ def serve() -> Iterator[Callable[..., Server]]:
         for name, func, kind, critical in checks:
             middleware.add_check(name, func, kind=kind, critical=critical)  # type: ignore[arg-type]
         port = free_port()
-        config = uvicorn.Config(middleware, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
+        recorder = ArrivalRecorder(middleware)
+        config = uvicorn.Config(recorder, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         started.append((server, thread, lifecycle))
         wait_for(lambda: server.started, 10, "uvicorn to start")
-        return Server(middleware, app, port)
+        return Server(middleware, app, port, recorder)
 
     yield start
     for server, thread, lifecycle in started:
@@ -103,25 +123,39 @@ def test_readiness_waits_for_a_failing_startup_check(serve: Callable[..., Server
 
 def test_minimum_startup_delay(serve: Callable[..., Server]) -> None:
     """With startup_min_delay, readiness opens no earlier than the delay after the server started."""
+    delay = 1.5
     started = time.monotonic()
-    server = serve(startup_min_delay=0.6)
-    assert server.status("/healthz/ready") == 503
-    wait_for(lambda: server.status("/healthz/ready") == 200, 5, "readiness after the delay")
-    assert time.monotonic() - started >= 0.6
+    server = serve(startup_min_delay=delay)
+    asked = time.monotonic()
+    answer = server.status("/healthz/ready")
+    if asked - started < delay - 0.5:  # asked well inside the delay (a very busy machine may not)
+        assert answer == 503
+    wait_for(lambda: server.status("/healthz/ready") == 200, 10, "readiness after the delay")
+    opened = time.monotonic()
+    assert opened - started >= delay
+    assert server.lifecycle.board.phase_changed_at - server.lifecycle.board.created_at >= delay - 0.05
 
 
 def test_critical_readiness_check_flips_readiness_within_one_interval(serve: Callable[..., Server]) -> None:
-    """A failing critical readiness check fails readiness by the next run; passing again restores it."""
+    """A failing critical readiness check fails readiness by its next run (so within one interval);
+    passing again restores it."""
     healthy = threading.Event()
     healthy.set()
-    interval = 0.3
-    server = serve(checks=(("cache", lambda: healthy.is_set(), "readiness", True),), check_interval=interval)
+    runs: list[bool] = []
+
+    def cache() -> bool:
+        runs.append(healthy.is_set())
+        return healthy.is_set()
+
+    server = serve(checks=(("cache", cache, "readiness", True),), check_interval=0.3)
     wait_for(lambda: server.status("/healthz/ready") == 200, 5, "ready")
     healthy.clear()
-    took = wait_for(lambda: server.status("/healthz/ready") == 503, 5, "readiness to fail")
-    assert took <= interval + 0.25, (
-        f"readiness failed {took:.2f} s after the dependency (interval {interval})"
-    )
+    runs_before = len(runs)
+    wait_for(lambda: server.status("/healthz/ready") == 503, 10, "readiness to fail")
+    # Counted in check runs, not seconds (a busy machine stretches seconds): the run in progress
+    # when the dependency failed may still have seen it healthy; the one after it must not pass.
+    failing_runs = [run for run in runs[runs_before:] if not run]
+    assert len(runs) - runs_before <= 2 and failing_runs, (runs_before, runs)
     assert server.status("/healthz/live") == 200, "a readiness check never fails liveness"
     healthy.set()
     wait_for(lambda: server.status("/healthz/ready") == 200, 5, "readiness to come back")
@@ -191,14 +225,16 @@ def test_cap_holds_and_queued_requests_run_in_order_of_arrival(serve: Callable[.
     responses = concurrent_get(server.url, [f"/work?n={n}&seconds=0.2" for n in range(10)], spacing=0.03)
     assert [r.status_code for r in responses] == [200] * 10
     assert server.app is not None and server.app.highest == 2
-    assert server.app.started == list(range(10)), "queued requests ran out of order"
+    assert sorted(server.recorder.arrived) == list(range(10))
+    assert server.app.started == server.recorder.arrived, "queued requests ran out of order of arrival"
 
 
 def test_full_queue_sheds_with_retry_after_and_connection_close(serve: Callable[..., Server]) -> None:
     """Past the cap and a full queue, requests get 503 with a whole-second Retry-After and Connection: close."""
     server = serve(max_concurrency=1, queue_size=1, queue_timeout=10, retry_after=1, retry_after_jitter=2)
     wait_for(lambda: server.status("/healthz/ready") == 200, 5, "ready")
-    responses = concurrent_get(server.url, [f"/work?n={n}&seconds=0.5" for n in range(6)], spacing=0.02)
+    # Long enough that all six arrive while the first still runs, even on a busy machine.
+    responses = concurrent_get(server.url, [f"/work?n={n}&seconds=2" for n in range(6)], spacing=0.02)
     ok = [r for r in responses if r.status_code == 200]
     shed = [r for r in responses if r.status_code == 503]
     assert len(ok) == 2 and len(shed) == 4, [r.status_code for r in responses]
@@ -227,7 +263,8 @@ def test_probes_and_shutdown_are_never_queued(serve: Callable[..., Server]) -> N
     """With every place taken and the queue full, probes still answer at once."""
     server = serve(max_concurrency=1, queue_size=0, queue_timeout=5)
     wait_for(lambda: server.status("/healthz/ready") == 200, 5, "ready")
-    blocker = threading.Thread(target=lambda: httpx.get(server.url + "/work?n=0&seconds=1", timeout=10))
+    # The blocker outlives the assertions below even on a very busy machine.
+    blocker = threading.Thread(target=lambda: httpx.get(server.url + "/work?n=0&seconds=4", timeout=10))
     blocker.start()
     wait_for(lambda: server.app is not None and server.app.running == 1, 5, "the blocking request")
     assert server.status("/work?n=1") == 503
@@ -240,10 +277,9 @@ def test_in_flight_never_exceeds_the_ramping_cap(serve: Callable[..., Server]) -
     """During a warm-up window under load, the requests running never exceed the cap of that moment,
     the cap grows, and the instance turns READY when the window is over."""
     server = serve(
-        max_concurrency=8, warmup_window=1.5, warmup_min_share=0.125, queue_size=100, queue_timeout=10
+        max_concurrency=8, warmup_window=5, warmup_min_share=0.125, queue_size=100, queue_timeout=10
     )
     wait_for(lambda: server.status("/healthz/ready") == 200, 5, "ready (warming)")
-    assert server.lifecycle.phase is Phase.WARMING
     admission = server.middleware._admission
     assert admission is not None
     samples: list[tuple[int, int]] = []
@@ -265,7 +301,7 @@ def test_in_flight_never_exceeds_the_ramping_cap(serve: Callable[..., Server]) -
     assert all(running <= cap for running, cap in samples), max(samples, key=lambda s: s[0] - s[1])
     caps = [cap for _, cap in samples]
     assert caps[0] < caps[-1], "the cap ramped up"
-    wait_for(lambda: server.lifecycle.phase is Phase.READY, 5, "READY at the end of the window")
+    wait_for(lambda: server.lifecycle.phase is Phase.READY, 10, "READY at the end of the window")
     assert admission.cap() == 8
 
 
