@@ -1,6 +1,6 @@
 """A cold instance joins two warm ones under steady open-loop load: what each warm-up scheme costs.
 
-    python bench/warmup.py [--rate 300] [--window 20] [--join-seconds 20] [--scenarios a,b,c,d] [--verbose]
+    python bench/warmup.py [--rate 250] [--window 20] [--join-seconds 20] [--scenarios a,b,c,d] [--verbose]
 
 Two warm pods of examples/warmup_app.py (cold request ~10x a warm one: CPU-bound cache fill) run
 behind HAProxy (mode tcp, roundrobin, no retries; tests/e2e/cluster.py). An open-loop client sends
@@ -65,9 +65,9 @@ FAILURE_KINDS = (SHED, STATUS, TIMEOUT, CONNECT, RESET, NOT_SENT)
 
 @dataclass(frozen=True)
 class Sample:
-    scheduled: (
-        float  # time.monotonic() the request was due: latency counts from here (no coordinated omission)
-    )
+    # time.monotonic() the request was due: latency counts from here, so a late send is not hidden
+    # (no coordinated omission).
+    scheduled: float
     latency: float
     outcome: str
     pod: str
@@ -88,6 +88,7 @@ class OpenLoop:
         self.rate = rate
         self.max_seconds = max_seconds
         self.samples: list[Sample] = []
+        self.lateness: list[tuple[float, float]] = []  # (due, seconds late) of every send
         self.started = 0.0
         self._random = random.Random(seed)
         self._stop = threading.Event()
@@ -125,6 +126,8 @@ class OpenLoop:
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            # How late the send is: a stalled client (CPU, GIL) would show up as everyone's latency.
+            self.lateness.append((due, loop.time() - due))
             if self._outstanding >= MAX_OUTSTANDING:
                 self.samples.append(Sample(due, 0.0, NOT_SENT, ""))
                 continue
@@ -226,6 +229,7 @@ class Result:
     steady_others: float
     join_others: float
     join_ours: float  # cores this bench (client, HAProxy, pods) kept busy in the join
+    join_client_late: float  # the client's latest send in the join, seconds after it was due
     seconds: float
     errors: list[str]
 
@@ -371,6 +375,7 @@ def run(scenario: Scenario, args: argparse.Namespace) -> Result:
     if agent_port is not None:
         new_env["GRACEFUL_AGENT_PORT"] = str(agent_port)
     samples: list[Sample] = []
+    lateness: list[tuple[float, float]] = []
     admission: list[dict[str, float]] = []
     weights: list[str] = []
     new_stats: dict[str, object] = {}
@@ -426,6 +431,7 @@ def run(scenario: Scenario, args: argparse.Namespace) -> Result:
         finally:
             if load is not None:
                 samples = load.stop()
+                lateness = load.lateness
             for pod in kube.pods:
                 if pod.name.endswith("-new") and pod.process.poll() is None:
                     try:
@@ -451,6 +457,7 @@ def run(scenario: Scenario, args: argparse.Namespace) -> Result:
         timeline=line,
         steady_others=others_cores(marks[0], marks[1]),
         join_others=others_cores(marks[2], marks[3]),
+        join_client_late=max((late for due, late in lateness if new.added_at <= due < join_end), default=0.0),
         join_ours=(marks[3].ours - marks[2].ours) / max(1e-9, marks[3].at - marks[2].at),
         seconds=time.monotonic() - began,
         errors=errors,
@@ -566,7 +573,8 @@ def detail(result: Result) -> list[str]:
     lines = [
         f"join p99 on the new pod {ms(join.new_p99)} ms, on the old pods {ms(join.old_p99)} ms; "
         f"steady p99 {ms(result.steady.p99)} ms; in the join this bench kept {result.join_ours:.2f} cores "
-        f"busy, other work {result.join_others:.2f}",
+        f"busy, other work {result.join_others:.2f}; the client sent at most "
+        f"{ms(result.join_client_late)} ms late",
         f"new pod /stats: {json.dumps(result.new_stats)}",
         "per second from the steady period on (new pod requests/max ms, old pods max ms, "
         f"unanswered): {result.timeline}",
@@ -591,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rate", type=float, default=300.0, help="requests per second (open loop)")
+    parser.add_argument("--rate", type=float, default=250.0, help="requests per second (open loop)")
     parser.add_argument("--window", type=float, default=20.0, help="warm-up window (graceful and HAProxy), s")
     parser.add_argument("--join-seconds", type=float, default=20.0, help="length of the join period, s")
     parser.add_argument(
