@@ -127,6 +127,7 @@ class AdmissionControl:
             "running": self.running,
             "queued": len(self._queue),
             "shed": self.shed,
+            "highest_running": self.highest_running,
         }
 
 
