@@ -65,6 +65,19 @@ def startup(wrapper: list[str], runs: int) -> list[float]:
     return times
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a supervisor as a container runtime does: SIGTERM, then SIGKILL only if it hangs.
+
+    SIGKILL first would orphan its child, which runs in a session of its own and would outlive us.
+    """
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def rss_kib(wrapper: list[str]) -> int:
     """VmRSS of the wrapper process while it supervises ``sleep``."""
     if not wrapper:
@@ -86,8 +99,7 @@ def rss_kib(wrapper: list[str]) -> int:
                 return int(line.split()[1])
         return -1
     finally:
-        process.kill()
-        process.wait()
+        stop(process)
 
 
 def forwarding(wrapper: list[str], count: int, tmp: Path) -> list[float]:
@@ -120,8 +132,7 @@ def forwarding(wrapper: list[str], count: int, tmp: Path) -> list[float]:
             latencies.append((int(stamp) - sent) / 1e6)
             time.sleep(0.002)  # standard signals coalesce: never two in flight
     finally:
-        process.kill()
-        process.wait()
+        stop(process)
         os.close(reader)
     return latencies
 

@@ -19,14 +19,13 @@ Where the file lives:
 
 from __future__ import annotations
 
-import contextlib
+# Imports are kept to what the supervisor can afford at every container start (bench/supervisor.py):
+# no contextlib, dataclasses or tempfile at import time (~20 ms and ~3 MB together), and _thread's
+# lock instead of the threading module.
+import _thread
 import fcntl
 import mmap
 import os
-import tempfile
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 from graceful._phase import Phase, can_move
 
@@ -74,16 +73,56 @@ def _default_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-@dataclass(frozen=True)
 class SlotView:
-    """One process's figures, as read from its slot."""
+    """One process's figures, as read from its slot (a plain class: see the imports)."""
 
-    index: int
-    pid: int
-    in_flight: int
-    requests: int
-    websockets: int
-    shed: int
+    __slots__ = ("in_flight", "index", "pid", "requests", "shed", "websockets")
+
+    def __init__(
+        self, *, index: int, pid: int, in_flight: int, requests: int, websockets: int, shed: int
+    ) -> None:
+        self.index, self.pid, self.in_flight = index, pid, in_flight
+        self.requests, self.websockets, self.shed = requests, websockets, shed
+
+    def _fields(self) -> tuple[int, ...]:
+        return (self.index, self.pid, self.in_flight, self.requests, self.websockets, self.shed)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SlotView) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"SlotView(index={self.index}, pid={self.pid}, in_flight={self.in_flight}, "
+            f"requests={self.requests}, websockets={self.websockets}, shed={self.shed})"
+        )
+
+
+class _BoardLock:
+    """Excludes other threads (a lock) and other processes (a POSIX record lock on the board file)."""
+
+    __slots__ = ("_fd", "_thread_lock")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        # POSIX record locks exclude other processes but not other threads of this one.
+        self._thread_lock = _thread.allocate_lock()
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
 
 
 class StateBoard:
@@ -114,8 +153,7 @@ class StateBoard:
             self._release(close_fd=False)  # the caller owns the fd until we succeed
             raise BoardError(f"state board {path} is truncated: {size} bytes for {self.slots} slots")
         self._slot_ints = view[_HEADER_BYTES + _TIMES_BYTES : board_size(self.slots)].cast("q")
-        # POSIX record locks exclude other processes but not other threads of this one.
-        self._thread_lock = threading.Lock()
+        self._lock = _BoardLock(fd)
 
     # -- creation ------------------------------------------------------------------------------
 
@@ -127,6 +165,8 @@ class StateBoard:
         if not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots={slots!r} is out of range; allowed: 1 to {MAX_SLOTS}")
         if path is None:
+            import tempfile  # only here: the supervisor always names its file
+
             fd, tmp = tempfile.mkstemp(prefix="graceful-", suffix=".board", dir=directory or _default_dir())
             os.unlink(tmp)
         else:
@@ -166,28 +206,25 @@ class StateBoard:
         """Unmap and close; the creator of a named board also removes its file."""
         self._release()
         if self._owns_file and self.path:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(self.path)
+            except FileNotFoundError:
+                pass
 
     def _release(self, *, close_fd: bool = True) -> None:
         for view_name in ("_slot_ints", "_times", "_header"):
             view = self.__dict__.pop(view_name, None)
             if view is not None:
                 view.release()
-        with contextlib.suppress(Exception):
+        try:
             self._map.close()
+        except Exception:  # a view still exported elsewhere: the map goes with the process
+            pass
         if close_fd:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._thread_lock:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
             try:
-                yield
-            finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+            except OSError:
+                pass
 
     # -- phase ---------------------------------------------------------------------------------
 
@@ -202,7 +239,7 @@ class StateBoard:
         process already moved past ``target``. Entering DRAINING counts a drain and stamps its start;
         entering STOPPING stamps the stop.
         """
-        with self._locked():
+        with self._lock:
             current = Phase(self._header[_H_PHASE])
             if not can_move(current, target):
                 return None
@@ -268,7 +305,7 @@ class StateBoard:
 
     def claim_slot(self, pid: int) -> int:
         """Take a free slot (or one whose process is gone) for ``pid`` and zero it. Returns its index."""
-        with self._locked():
+        with self._lock:
             for index in range(self.slots):
                 holder = self._slot_ints[index * SLOT_INTS + _S_PID]
                 if holder == 0 or holder == pid or not _pid_alive(holder):
@@ -279,7 +316,7 @@ class StateBoard:
 
     def release_slot(self, index: int) -> None:
         """Free a slot (its process exited, or a master reaped it)."""
-        with self._locked():
+        with self._lock:
             self._zero_slot(index)
 
     def reserve_slot(self, holder: int) -> int:
@@ -288,7 +325,7 @@ class StateBoard:
         A gunicorn master gives each worker its slot this way: the slot index is known to the master
         before the fork, so the master can free exactly that slot when it reaps the worker.
         """
-        with self._locked():
+        with self._lock:
             for index in range(self.slots):
                 pid = self._slot_ints[index * SLOT_INTS + _S_PID]
                 if pid == 0 or not _pid_alive(pid):
@@ -300,7 +337,7 @@ class StateBoard:
     def adopt_slot(self, index: int, pid: int) -> None:
         """The forked child takes the slot its parent reserved for it (see ``reserve_slot``)."""
         base = self.slot_offset(index)
-        with self._locked():
+        with self._lock:
             self._zero_slot(index)
             self._slot_ints[base + _S_PID] = pid
 
@@ -308,7 +345,7 @@ class StateBoard:
         """Free slot ``index`` if one of ``pids`` holds it (a reaped worker, or its parent's
         reservation when the child died before adopting it). False if someone else holds it."""
         base = self.slot_offset(index)
-        with self._locked():
+        with self._lock:
             if self._slot_ints[base + _S_PID] not in pids:
                 return False
             self._zero_slot(index)

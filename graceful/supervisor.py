@@ -19,7 +19,6 @@ This module imports nothing of the web stack (no asyncio, no logging): its start
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -58,9 +57,10 @@ class Log:
 
     def __call__(self, level: int, message: str) -> None:
         if level <= self.verbosity:
-            # stderr closed or a broken pipe: never die of a log line.
-            with contextlib.suppress(OSError):
+            try:
                 os.write(2, f"graceful-run: {message}\n".encode(errors="replace"))
+            except OSError:  # stderr closed or a broken pipe: never die of a log line
+                pass
 
 
 class SpawnError(Exception):
