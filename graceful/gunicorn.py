@@ -87,7 +87,6 @@ class ThreadWorker(_WSGIWorkerMixin, _GThreadWorker):  # type: ignore[misc]
             # the load balancer has stopped sending here.
             self.close_listeners()
 
-
     def handle_quit(self, sig: int, frame: Any) -> None:
         # Stock gthread raises SystemExit here, but interpreter exit then joins the thread pool's
         # threads (concurrent.futures), so one long request holds the "quick" exit until the
