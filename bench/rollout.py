@@ -33,6 +33,8 @@ from tests.e2e.cluster import (
 )
 from tests.e2e.load import FAILURE_KINDS
 
+ROOT = Path(__file__).resolve().parents[1]
+
 SpecFactory = Callable[[argparse.Namespace], PodSpec]
 
 SCENARIOS: dict[str, tuple[str, SpecFactory]] = {
@@ -71,7 +73,50 @@ SCENARIOS.update(
         ),
     }
 )
-DEFAULT = "graceful,uvicorn,uvicorn-prestop-sleep,uvicorn-chained"
+# graceful-run as PID 1 (issue 3), and the shell-wrapped baseline of ROLLOUT.md: `sh -c` as PID 1
+# without exec never passes SIGTERM on, so the pod waits for SIGKILL at the grace period.
+_UVICORN = f"{sys.executable} -m uvicorn {APP} --host 127.0.0.1 --port {{port}}"
+SCENARIOS.update(
+    {
+        "graceful-run": (
+            "graceful-run -- uvicorn (plain)",
+            lambda args: PodSpec(
+                argv=[
+                    str(ROOT / "bin" / "graceful-run"),
+                    "--drain-delay",
+                    f"{args.drain_delay:g}",
+                    "--",
+                    *_UVICORN.split(),
+                ],
+                env={"GRACEFUL_PYTHON": sys.executable},
+            ),
+        ),
+        "graceful-run-sh-c": (
+            "graceful-run -- sh -c 'echo prepare; uvicorn' (no exec)",
+            lambda args: PodSpec(
+                argv=[
+                    str(ROOT / "bin" / "graceful-run"),
+                    "--drain-delay",
+                    f"{args.drain_delay:g}",
+                    "--",
+                    "sh",
+                    "-c",
+                    f"echo prepare; {_UVICORN}",
+                ],
+                env={"GRACEFUL_PYTHON": sys.executable},
+            ),
+        ),
+        "shell-wrapped": (
+            "sh -c 'echo prepare; uvicorn' as PID 1 (stock)",
+            lambda args: PodSpec(
+                argv=["sh", "-c", f"echo prepare; {_UVICORN}"], env={"GRACEFUL_CHAIN_SERVER_SIGNALS": "0"}
+            ),
+        ),
+    }
+)
+DEFAULT = (
+    "graceful,graceful-run,graceful-run-sh-c,uvicorn,uvicorn-prestop-sleep,uvicorn-chained,shell-wrapped"
+)
 
 
 def row(report: RolloutReport) -> list[str]:
