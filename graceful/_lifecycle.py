@@ -316,6 +316,23 @@ def peek_lifecycle() -> Lifecycle | None:
         return _default
 
 
+def lifecycle_for(
+    settings: Settings | None, lifecycle: Lifecycle | None, overrides: dict[str, Any]
+) -> Lifecycle:
+    """The lifecycle a middleware uses: the one given, else the process's, with settings applied.
+
+    Precedence: keyword ``overrides`` > ``settings`` > ``GRACEFUL_*`` environment variables.
+    """
+    if lifecycle is not None:
+        if settings is not None or overrides:
+            raise TypeError("pass either lifecycle= or settings, not both")
+        return lifecycle
+    lifecycle = get_lifecycle()
+    if settings is not None or overrides:
+        lifecycle.settings = (settings or Settings.from_env()).replace(**overrides)
+    return lifecycle
+
+
 def set_lifecycle(lifecycle: Lifecycle | None) -> None:
     """Replace the process's lifecycle (entry points that build their own; tests)."""
     global _default

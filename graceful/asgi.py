@@ -16,7 +16,7 @@ from graceful._admission import AdmissionControl
 from graceful._board import REQUEST_STARTED
 from graceful._checks import Check, CheckKind, Checks
 from graceful._control import PLAIN, ControlPlane, Request
-from graceful._lifecycle import Lifecycle, get_lifecycle
+from graceful._lifecycle import Lifecycle, lifecycle_for
 from graceful._logging import install_probe_log_filter
 from graceful._phase import Phase
 from graceful._runtime import WATCH_INTERVAL, AsyncRuntime
@@ -52,13 +52,7 @@ class GracefulMiddleware:
         **overrides: Any,
     ) -> None:
         self.app = app
-        if lifecycle is None:
-            lifecycle = get_lifecycle()
-            if settings is not None or overrides:
-                lifecycle.settings = (settings or Settings.from_env()).replace(**overrides)
-        elif settings is not None or overrides:
-            raise TypeError("pass either lifecycle= or settings, not both")
-        self.lifecycle = lifecycle
+        self.lifecycle = lifecycle = lifecycle_for(settings, lifecycle, overrides)
         self.checks = Checks(default_timeout=lifecycle.settings.check_timeout, clock=lifecycle.clock)
         for check in checks:
             self.checks.add(check)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from graceful._board import REQUEST_STARTED, TERMINATING_PHASE
 from graceful._control import ControlPlane, Reply, Request
-from graceful._lifecycle import Lifecycle, get_lifecycle
+from graceful._lifecycle import Lifecycle, lifecycle_for
 from graceful._logging import install_probe_log_filter
 from graceful._phase import Phase
 from graceful._settings import Settings
@@ -74,13 +74,7 @@ class GracefulMiddleware:
         **overrides: Any,
     ) -> None:
         self.app = app
-        if lifecycle is None:
-            lifecycle = get_lifecycle()
-            if settings is not None or overrides:
-                lifecycle.settings = (settings or Settings.from_env()).replace(**overrides)
-        elif settings is not None or overrides:
-            raise TypeError("pass either lifecycle= or settings, not both")
-        self.lifecycle = lifecycle
+        self.lifecycle = lifecycle = lifecycle_for(settings, lifecycle, overrides)
         self.control = ControlPlane(lifecycle)
         self._paths = self.control.paths
         phases, phase_index = lifecycle.board.phase_cell

@@ -16,8 +16,14 @@ SLOW_SECONDS = 1.5  # the longest request the clients make
 MARGIN = 1.0
 
 
-def assert_lossless(report: RolloutReport, *, pods: int = 2, exit_statuses: tuple[int, ...] = (0,)) -> None:
-    """Zero failures of every kind, real traffic of every kind, clean and prompt exits."""
+def assert_lossless(
+    report: RolloutReport,
+    *,
+    pods: int = 2,
+    exit_statuses: tuple[int, ...] = (0,),
+    client_kinds: tuple[str, ...] = tuple(CLIENT_KINDS),
+) -> None:
+    """Zero failures of every kind, real traffic from every client kind, clean and prompt exits."""
     print(report.summary())  # the figures, visible with `pytest -s`
     details = report.details()
     assert not report.errors, f"harness errors\n{details}"
@@ -25,7 +31,7 @@ def assert_lossless(report: RolloutReport, *, pods: int = 2, exit_statuses: tupl
     assert all(count == 0 for count in failures.values()), f"failed requests {failures}\n{details}"
     assert report.requests > 200, f"too few requests to mean anything\n{details}"
     ok_by_client = report.load.by_client("ok")
-    idle = [kind for kind in CLIENT_KINDS if ok_by_client[kind] == 0]
+    idle = [kind for kind in client_kinds if ok_by_client[kind] == 0]
     assert not idle, f"client kinds that made no successful request: {idle}\n{details}"
     assert len(report.pods) == pods, f"expected {pods} deleted pods\n{details}"
     bound = DRAIN_DELAY + SLOW_SECONDS + MARGIN
