@@ -108,6 +108,12 @@ class GracefulMiddleware:
             _add(counters, traffic, REQUEST_STARTED, lock)
         try:
             result = self.app(environ, start_response)
+            if type(result) is list and lock is None:
+                # The common body: a list. A list subclass that closes the count is cheaper than a
+                # wrapper, iterates at C speed, and keeps servers' list fast paths (Content-Length).
+                counted = _CountedList(result)
+                counted._counters, counted._traffic = counters, traffic
+                return counted
             file_wrapper = environ.get("wsgi.file_wrapper")
             if (
                 file_wrapper is not None
@@ -239,6 +245,20 @@ class _Counted:
 
     def _finish(self, counters: memoryview) -> None:
         counters[self._traffic] -= 1  # atomic with the GIL: see _GIL_MAKES_ADD_ATOMIC
+
+
+class _CountedList(list[bytes]):
+    """A list body whose ``close()`` ends the request's count, exactly once (see ``_Counted``)."""
+
+    __slots__ = ("_counters", "_traffic")
+    _counters: memoryview | None
+    _traffic: int
+
+    def close(self) -> None:
+        counters = self._counters
+        if counters is not None:
+            self._counters = None
+            counters[self._traffic] -= 1  # atomic with the GIL: see _GIL_MAKES_ADD_ATOMIC
 
 
 class _CountedLocked(_Counted):
