@@ -207,6 +207,17 @@ class Lifecycle:
         started = self.board.drain_started_at
         return None if started is None else started + self.drain_delay
 
+    def drain_delay_left(self) -> float:
+        """Seconds until the drain delay ends; 0 when not DRAINING (not yet, or already stopping).
+
+        ``/shutdown?wait=1`` sleeps in steps until this is 0: bounded, as the deadline is at most
+        drain_delay away and a second signal (the phase moves on) ends it early.
+        """
+        deadline = self.drain_deadline()
+        if deadline is None or self.board.phase is not Phase.DRAINING:
+            return 0.0
+        return max(0.0, deadline - self.clock())
+
     def drain_delay_over(self) -> bool:
         deadline = self.drain_deadline()
         return deadline is not None and self.clock() >= deadline

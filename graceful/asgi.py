@@ -18,7 +18,6 @@ from graceful._checks import Check, CheckKind, Checks
 from graceful._control import PLAIN, ControlPlane, Request
 from graceful._lifecycle import Lifecycle, lifecycle_for
 from graceful._logging import install_probe_log_filter
-from graceful._phase import Phase
 from graceful._runtime import WATCH_INTERVAL, AsyncRuntime
 from graceful._settings import Settings
 
@@ -172,14 +171,9 @@ class GracefulMiddleware:
         await send({"type": "http.response.body", "body": b"" if request.method == "HEAD" else reply.body})
 
     async def _wait_for_drain_delay(self) -> None:
-        # Bounded: the deadline is at most drain_delay away, and a second signal ends it early.
-        lifecycle = self.lifecycle
-        deadline = lifecycle.drain_deadline()
-        while deadline is not None and lifecycle.phase is Phase.DRAINING:
-            remaining = deadline - lifecycle.clock()
-            if remaining <= 0:
-                break
-            await asyncio.sleep(min(remaining, WATCH_INTERVAL))
+        # Until the delay is over (bounded: see drain_delay_left).
+        while (left := self.lifecycle.drain_delay_left()) > 0:
+            await asyncio.sleep(min(left, WATCH_INTERVAL))
 
     # -- lifespan --------------------------------------------------------------------------------
 

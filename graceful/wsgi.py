@@ -24,7 +24,6 @@ from graceful._board import REQUEST_STARTED, TERMINATING_PHASE
 from graceful._control import ControlPlane, Reply, Request
 from graceful._lifecycle import Lifecycle, lifecycle_for
 from graceful._logging import install_probe_log_filter
-from graceful._phase import Phase
 from graceful._settings import Settings
 
 __all__ = ["GracefulMiddleware", "find_middleware"]
@@ -161,15 +160,9 @@ class GracefulMiddleware:
         return [b"" if request.method == "HEAD" else reply.body]
 
     def _wait_for_drain_delay(self) -> None:
-        # Blocks one server thread, bounded: the deadline is at most drain_delay away, and a
-        # second signal (the phase moves on) ends it early.
-        lifecycle = self.lifecycle
-        deadline = lifecycle.drain_deadline()
-        while deadline is not None and lifecycle.phase is Phase.DRAINING:
-            remaining = deadline - lifecycle.clock()
-            if remaining <= 0:
-                break
-            time.sleep(min(remaining, WAIT_INTERVAL))
+        # Blocks one server thread until the delay is over (bounded: see drain_delay_left).
+        while (left := self.lifecycle.drain_delay_left()) > 0:
+            time.sleep(min(left, WAIT_INTERVAL))
 
 
 def _closing_start_response(lifecycle: Lifecycle, start_response: StartResponse) -> StartResponse:
