@@ -76,35 +76,23 @@ SCENARIOS.update(
 # graceful-run as PID 1 (issue 3), and the shell-wrapped baseline of ROLLOUT.md: `sh -c` as PID 1
 # without exec never passes SIGTERM on, so the pod waits for SIGKILL at the grace period.
 _UVICORN = f"{sys.executable} -m uvicorn {APP} --host 127.0.0.1 --port {{port}}"
+
+
+def graceful_run_spec(args: argparse.Namespace, *command: str) -> PodSpec:
+    """``graceful-run --drain-delay D -- COMMAND`` as the pod's PID 1."""
+    graceful_run = [str(ROOT / "bin" / "graceful-run"), "--drain-delay", f"{args.drain_delay:g}", "--"]
+    return PodSpec(argv=[*graceful_run, *command], env={"GRACEFUL_PYTHON": sys.executable})
+
+
 SCENARIOS.update(
     {
         "graceful-run": (
             "graceful-run -- uvicorn (plain)",
-            lambda args: PodSpec(
-                argv=[
-                    str(ROOT / "bin" / "graceful-run"),
-                    "--drain-delay",
-                    f"{args.drain_delay:g}",
-                    "--",
-                    *_UVICORN.split(),
-                ],
-                env={"GRACEFUL_PYTHON": sys.executable},
-            ),
+            lambda args: graceful_run_spec(args, *_UVICORN.split()),
         ),
         "graceful-run-sh-c": (
             "graceful-run -- sh -c 'echo prepare; uvicorn' (no exec)",
-            lambda args: PodSpec(
-                argv=[
-                    str(ROOT / "bin" / "graceful-run"),
-                    "--drain-delay",
-                    f"{args.drain_delay:g}",
-                    "--",
-                    "sh",
-                    "-c",
-                    f"echo prepare; {_UVICORN}",
-                ],
-                env={"GRACEFUL_PYTHON": sys.executable},
-            ),
+            lambda args: graceful_run_spec(args, "sh", "-c", f"echo prepare; {_UVICORN}"),
         ),
         "shell-wrapped": (
             "sh -c 'echo prepare; uvicorn' as PID 1 (stock)",
