@@ -17,14 +17,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from types import MethodType, TracebackType
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, cast
 
 from graceful._board import REQUEST_STARTED, TERMINATING_PHASE
 from graceful._control import ControlPlane, Reply, Request
 from graceful._lifecycle import Lifecycle, lifecycle_for
 from graceful._logging import install_probe_log_filter
 from graceful._settings import Settings
+from graceful._wsgi_close import closing_start_response
 
 __all__ = ["GracefulMiddleware", "find_middleware"]
 
@@ -43,7 +44,6 @@ class StartResponse(Protocol):
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 WAIT_INTERVAL = 0.05
-_CLOSE = ("Connection", "close")
 _PHASE = 3  # index of the phase in the board's header (StateBoard.phase_cell)
 
 # Threads of a WSGI server share this process's slot. With the GIL, one `ints[i] += n` on a
@@ -79,6 +79,7 @@ class GracefulMiddleware:
         phases, phase_index = lifecycle.board.phase_cell
         assert phase_index == _PHASE
         self._phases = phases
+        self._terminating = lifecycle.terminating
         self._traffic_cell = lifecycle.traffic_cell  # a list updated in place after a fork
         self._lock = None if _GIL_MAKES_ADD_ATOMIC else lifecycle.count_lock
         # Until the server has started, every path is "special" (see _serve_special): one set
@@ -97,8 +98,8 @@ class GracefulMiddleware:
             # Decided when the request arrives, not when the response starts as in the ASGI
             # middleware: wrapping start_response on every request would cost as much as the rest
             # of the middleware. A request that began before the drain keeps its connection; the
-            # next request on it is still served during the delay, with Connection: close.
-            start_response = _closing_start_response(self.lifecycle, start_response)
+            # next request on it is still served during the delay, and closes it.
+            start_response = self._closing(start_response)
         counters, traffic = self._traffic_cell  # the slot of this process (re-taken after a fork)
         lock = self._lock
         if lock is None:
@@ -153,46 +154,21 @@ class GracefulMiddleware:
         reply = self.control.answer(request)
         if reply.wait_for_drain:
             self._wait_for_drain_delay()
-        headers = _str_headers(reply)
         if self.lifecycle.phase.is_terminating:
-            headers = _closing(self.lifecycle, start_response, headers)
-        start_response(_status_line(reply.status), headers)
+            start_response = self._closing(start_response)
+        start_response(_status_line(reply.status), _str_headers(reply))
         return [b"" if request.method == "HEAD" else reply.body]
+
+    def _closing(self, start_response: StartResponse) -> StartResponse:
+        """``start_response`` for a response after which the server closes the connection."""
+        if not self._terminating[0]:
+            self.lifecycle.poll()  # another process moved the phase: tell this process's listeners
+        return cast(StartResponse, closing_start_response(start_response))
 
     def _wait_for_drain_delay(self) -> None:
         # Blocks one server thread until the delay is over (bounded: see drain_delay_left).
         while (left := self.lifecycle.drain_delay_left()) > 0:
             time.sleep(min(left, WAIT_INTERVAL))
-
-
-def _closing_start_response(lifecycle: Lifecycle, start_response: StartResponse) -> StartResponse:
-    """``start_response`` that makes the server close the connection after this response."""
-
-    def start_closing(
-        status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-    ) -> Callable[[bytes], object]:
-        return start_response(status, _closing(lifecycle, start_response, headers), exc_info)
-
-    return start_closing
-
-
-def _closing(
-    lifecycle: Lifecycle, start_response: StartResponse, headers: list[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """Make the server close the connection after this response (RFC 9112 section 9.6)."""
-    if not lifecycle.terminating[0]:
-        lifecycle.poll()  # another process moved the phase: tell this process's listeners
-    # gunicorn drops hop-by-hop headers an app sets (gunicorn/http/wsgi.py process_headers, as
-    # PEP 3333 forbids apps to send them), so ask its Response object to close instead.
-    if isinstance(start_response, MethodType):  # cheaper than a failing getattr on functions
-        force_close = getattr(start_response.__self__, "force_close", None)
-        if callable(force_close):
-            force_close()
-            return headers
-    for name, _ in headers:
-        if name.lower() == "connection":  # the app set one (PEP 3333 forbids it): replace it
-            return [(name, value) for name, value in headers if name.lower() != "connection"] + [_CLOSE]
-    return [*headers, _CLOSE]
 
 
 def _str_headers(reply: Reply) -> list[tuple[str, str]]:
