@@ -12,7 +12,7 @@ from graceful._phase import Phase
 from graceful._policies import may_shutdown, query_flag
 
 if TYPE_CHECKING:
-    from graceful._admission import AdmissionControl
+    from graceful._admission import AdmissionBase
 
 PLAIN = b"text/plain; charset=utf-8"
 JSON = b"application/json"
@@ -40,6 +40,16 @@ class Reply:
         return headers
 
 
+def shed_reply(retry_after: int) -> Reply:
+    """503 for a request over the admission cap: retry later (RFC 9110 10.2.3), likely elsewhere.
+
+    Adapters send it with ``Connection: close``, so the retry takes a new connection, which a
+    balancer may give to another instance.
+    """
+    retry = (b"retry-after", str(retry_after).encode())
+    return Reply(503, b"overloaded, retry later\n", extra_headers=(retry,))
+
+
 @dataclass
 class Request:
     """The few parts of a request the control plane looks at."""
@@ -56,7 +66,7 @@ class ControlPlane:
     """Answers the probe and shutdown endpoints for one lifecycle."""
 
     def __init__(
-        self, lifecycle: Lifecycle, checks: Checks | None = None, admission: AdmissionControl | None = None
+        self, lifecycle: Lifecycle, checks: Checks | None = None, admission: AdmissionBase | None = None
     ) -> None:
         self.lifecycle = lifecycle
         self.checks = checks if checks is not None else Checks(default_timeout=1.0, clock=lifecycle.clock)

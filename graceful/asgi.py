@@ -15,7 +15,7 @@ from typing import Any
 from graceful._admission import AdmissionControl
 from graceful._board import REQUEST_STARTED
 from graceful._checks import Check, CheckKind, Checks
-from graceful._control import PLAIN, ControlPlane, Request
+from graceful._control import ControlPlane, Request, shed_reply
 from graceful._lifecycle import Lifecycle, lifecycle_for
 from graceful._logging import install_probe_log_filter
 from graceful._runtime import WATCH_INTERVAL, AsyncRuntime
@@ -29,7 +29,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _CONNECTION = b"connection"
 _CLOSE_HEADER = (b"connection", b"close")
-_SHED_BODY = b"overloaded, retry later\n"
 
 
 class GracefulMiddleware:
@@ -209,20 +208,9 @@ class GracefulMiddleware:
 
 async def _shed(send: Send, retry_after: int) -> None:
     """503 for a request over the cap: retry later, on a new connection (likely another instance)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", PLAIN),
-                (b"content-length", str(len(_SHED_BODY)).encode()),
-                (b"retry-after", str(retry_after).encode()),
-                (b"cache-control", b"no-store"),
-                _CLOSE_HEADER,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": _SHED_BODY})
+    reply = shed_reply(retry_after)
+    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers(close=True)})
+    await send({"type": "http.response.body", "body": reply.body})
 
 
 class _EveryPath:
