@@ -1,5 +1,8 @@
 """Background work of one process's event loop, started when the server has started.
 
+An ASGI server runs it on its own loop; a WSGI server has none, so ``BackgroundRuntime`` runs it on
+a loop in a daemon thread of its own.
+
 1. the startup gate: run startup (and critical readiness) checks until they pass, wait the minimum
    delay, then leave STARTING (to WARMING when slow start is on, else READY);
 2. the checks: readiness and liveness checks every ``check_interval``, off the request path;
@@ -14,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from graceful._admission import AdmissionControl
+from graceful._admission import AdmissionBase
 from graceful._agent import start_agent
 from graceful._chain import chain_server_signals
 from graceful._checks import Checks
@@ -33,21 +37,23 @@ WATCH_INTERVAL = 0.05
 
 
 class AsyncRuntime:
-    def __init__(self, lifecycle: Lifecycle, checks: Checks, admission: AdmissionControl | None) -> None:
+    def __init__(self, lifecycle: Lifecycle, checks: Checks, admission: AdmissionBase | None) -> None:
         self.lifecycle = lifecycle
         self.checks = checks
         self.admission = admission
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_server: Callable[[], None] | None = None
 
-    def start(self) -> None:
+    def start(self, *, take_over_signals: bool = True) -> None:
+        """Start on the running loop; ``take_over_signals``: plain uvicorn's SIGTERM (see _chain)."""
         loop = asyncio.get_running_loop()
         settings = self.lifecycle.settings
         if self.checks.has_startup_work or settings.startup_min_delay > 0:
             self._spawn(self._open_gate_when_ready(), "graceful-startup-gate")
         else:
             self.open_gate()
-        self._stop_server = chain_server_signals(self.lifecycle, loop)
+        if take_over_signals:
+            self._stop_server = chain_server_signals(self.lifecycle, loop)
         self._spawn(self._watch(), "graceful-board-watcher")
         if self.checks.of_kind("readiness") or self.checks.of_kind("liveness"):
             self._spawn(self._run_checks(), "graceful-checks")
@@ -134,3 +140,44 @@ class AsyncRuntime:
             await asyncio.Event().wait()  # until cancelled at shutdown
         finally:
             server.close()
+
+
+class BackgroundRuntime:
+    """An ``AsyncRuntime`` on an event loop in a daemon thread: for WSGI servers, which have no loop.
+
+    Started in the process that serves (a gunicorn worker starts it after the fork: threads do not
+    survive one). The drain clock is never owned here: under gunicorn the arbiter owns it, under
+    graceful-run the supervisor.
+    """
+
+    def __init__(self, runtime: AsyncRuntime) -> None:
+        self.runtime = runtime
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="graceful-runtime", daemon=True)
+
+    def start(self, timeout: float = 5.0) -> None:
+        self._thread.start()
+        if not self._started.wait(timeout):
+            logger.error("graceful: the background runtime did not start within %g s", timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(stopping.set)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self.runtime.start(take_over_signals=False)
+        self._started.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.runtime.stop()

@@ -43,11 +43,16 @@ __all__ = ["SingleThreadWorker", "ThreadWorker", "UvicornWorker"]
 
 
 def _wrap_wsgi(app: Any) -> Any:
+    """The app wrapped in the middleware unless it is already, started (this is the worker)."""
     from graceful.wsgi import GracefulMiddleware, find_middleware
 
-    if find_middleware(app) is not None:
-        return app
-    return GracefulMiddleware(app, lifecycle=get_lifecycle())
+    middleware = find_middleware(app)
+    if middleware is None:
+        app = middleware = GracefulMiddleware(app, lifecycle=get_lifecycle())
+    # The worker serves from now on: open the startup gate (or start its checks) without waiting
+    # for a first request.
+    middleware.server_started()
+    return app
 
 
 class _WSGIWorkerMixin:

@@ -1,4 +1,5 @@
-"""WSGI middleware: probes, /shutdown, in-flight counting, ``Connection: close`` while draining.
+"""WSGI middleware: probes, /shutdown, in-flight counting, ``Connection: close`` while draining,
+dependency checks and warm-up admission control.
 
     app = GracefulMiddleware(app)                    # settings from GRACEFUL_* environment variables
     flask_app.wsgi_app = GracefulMiddleware(flask_app.wsgi_app)             # Flask
@@ -20,10 +21,13 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Protocol, cast
 
+from graceful._admission import ThreadAdmissionControl
 from graceful._board import REQUEST_STARTED, TERMINATING_PHASE
-from graceful._control import ControlPlane, Reply, Request
+from graceful._checks import Check, CheckKind, Checks
+from graceful._control import ControlPlane, Reply, Request, shed_reply
 from graceful._lifecycle import Lifecycle, lifecycle_for
 from graceful._logging import install_probe_log_filter
+from graceful._runtime import AsyncRuntime, BackgroundRuntime
 from graceful._settings import Settings
 from graceful._wsgi_close import closing_start_response
 
@@ -61,7 +65,9 @@ class GracefulMiddleware:
     Settings come, in order of precedence, from keyword arguments, ``settings``, then ``GRACEFUL_*``
     environment variables. All middlewares of a process share one lifecycle (``get_lifecycle``).
     Safe under threaded servers: the in-flight count of this process stays exact (see
-    ``_GIL_MAKES_ADD_ATOMIC``).
+    ``_GIL_MAKES_ADD_ATOMIC``). Dependency checks, the startup gate, warm-up and the HAProxy agent
+    run on a background thread (``graceful._runtime.BackgroundRuntime``) once the server has
+    started; admission control (``max_concurrency``) blocks a server thread while it waits.
     """
 
     def __init__(
@@ -70,23 +76,41 @@ class GracefulMiddleware:
         settings: Settings | None = None,
         *,
         lifecycle: Lifecycle | None = None,
+        checks: Iterable[Check] = (),
         **overrides: Any,
     ) -> None:
         self.app = app
         self.lifecycle = lifecycle = lifecycle_for(settings, lifecycle, overrides)
-        self.control = ControlPlane(lifecycle)
-        self._paths = self.control.paths
+        self.checks = Checks(default_timeout=lifecycle.settings.check_timeout, clock=lifecycle.clock)
+        for check in checks:
+            self.checks.add(check)
+        self.control = ControlPlane(lifecycle, self.checks)
         phases, phase_index = lifecycle.board.phase_cell
         assert phase_index == _PHASE
         self._phases = phases
         self._terminating = lifecycle.terminating
         self._traffic_cell = lifecycle.traffic_cell  # a list updated in place after a fork
         self._lock = None if _GIL_MAKES_ADD_ATOMIC else lifecycle.count_lock
+        self._admission: ThreadAdmissionControl | None = None
+        #: Requests take the guarded path (admission, or the count under a lock) when set.
+        self._guarded = self._lock is not None
+        self._runtime: BackgroundRuntime | None = None
+        self._starting = threading.Lock()
         # Until the server has started, every path is "special" (see _serve_special): one set
         # lookup on the hot path instead of a check for the gate and one for the paths.
         self._special_paths: frozenset[str] | _EveryPath = _EVERY_PATH
-        if not lifecycle.settings.log_probes:
-            install_probe_log_filter(lifecycle.settings)
+
+    def add_check(
+        self,
+        name: str,
+        func: Callable[[], Any],
+        *,
+        kind: CheckKind = "readiness",
+        timeout: float | None = None,
+        critical: bool = True,
+    ) -> None:
+        """Register a dependency check (see graceful._checks); call before the server starts."""
+        self.checks.add(Check(name=name, func=func, kind=kind, timeout=timeout, critical=critical))
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # The hot path is written out here (no helper calls, the counter changed inline): see
@@ -99,47 +123,106 @@ class GracefulMiddleware:
             # middleware: wrapping start_response on every request would cost as much as the rest
             # of the middleware. A request that began before the drain keeps its connection; the
             # next request on it is still served during the delay, and closes it.
-            start_response = self._closing(start_response)
+            if not self._terminating[0]:
+                self.lifecycle.poll()  # another process moved the phase: tell this process's listeners
+            start_response = closing_start_response(start_response)
+        if self._guarded:
+            return self._call_guarded(environ, start_response)
         counters, traffic = self._traffic_cell  # the slot of this process (re-taken after a fork)
-        lock = self._lock
-        if lock is None:
-            counters[traffic] += REQUEST_STARTED  # one more in flight, one more served
-        else:
-            _add(counters, traffic, REQUEST_STARTED, lock)
+        counters[traffic] += REQUEST_STARTED  # one more in flight, one more served
         try:
             result = self.app(environ, start_response)
-            if type(result) is list and lock is None:
+            if type(result) is list:
                 # The common body: a list. A list subclass that closes the count is cheaper than a
                 # wrapper, iterates at C speed, and keeps servers' list fast paths (Content-Length).
                 counted = _CountedList(result)
                 counted._counters, counted._traffic = counters, traffic
                 return counted
-            file_wrapper = environ.get("wsgi.file_wrapper")
-            if (
-                file_wrapper is not None
-                and isinstance(file_wrapper, type)
-                and isinstance(result, file_wrapper)
-                and _hook_close(result, counters, traffic, lock)
-            ):
+            if _is_file_wrapper(result, environ) and _hook_close(result, _Decrement(counters, traffic)):
                 # The server's own file wrapper is kept (gunicorn sends it with sendfile); its
                 # close() now ends the count (PEP 3333, "Optional Platform-Specific File Handling").
                 return result
         except BaseException:
-            _add(counters, traffic, -1, lock)
+            counters[traffic] -= 1
             raise
-        if lock is None:
-            return _Counted(result, counters, traffic)
-        return _CountedLocked(result, counters, traffic, lock)
+        return _Counted(result, counters, traffic)
+
+    def _call_guarded(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """A request under admission control, or counted under a lock (free-threaded Python)."""
+        admission = self._admission
+        if admission is not None and not admission.acquire():
+            return self._shed(start_response, admission.retry_after())
+        counters, traffic = self._traffic_cell
+        finish = _Finish(counters, traffic, self._lock, admission)
+        _add(counters, traffic, REQUEST_STARTED, self._lock)
+        try:
+            result = self.app(environ, start_response)
+            if _is_file_wrapper(result, environ) and _hook_close(result, finish):
+                return result
+        except BaseException:
+            finish()
+            raise
+        return _Guarded(result, finish)
+
+    def _shed(self, start_response: StartResponse, retry_after: int) -> list[bytes]:
+        """503 for a request over the cap: retry later, on a new connection (likely another instance)."""
+        reply = shed_reply(retry_after)
+        self._closing(start_response)(_status_line(reply.status), _str_headers(reply))
+        return [reply.body]
 
     def _serve_special(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self._special_paths is _EVERY_PATH:
-            # A server only calls the app once it has started: the first request opens the gate,
-            # and from then on only the probe and shutdown paths are special.
-            self._special_paths = self._paths
-            self.lifecycle.open_gate()
-        if environ.get("PATH_INFO", "") in self._paths:
+            # A server only calls the app once it has started.
+            self.server_started()
+        if environ.get("PATH_INFO", "") in self.control.paths:
             return self._answer_control(environ, start_response)
         return self(environ, start_response)
+
+    # -- start-up ----------------------------------------------------------------------------------
+
+    def server_started(self) -> None:
+        """The server serves: set up from the settings, start the background work (idempotent).
+
+        Called on the first request; gunicorn's graceful workers call it as soon as the worker has
+        loaded the app, so the startup gate and the checks do not wait for a first request.
+        """
+        with self._starting:
+            if self._special_paths is not _EVERY_PATH:
+                return
+            lifecycle = self.lifecycle
+            settings = lifecycle.settings
+            self.checks.default_timeout = settings.check_timeout
+            if settings.max_concurrency is not None:
+                self._admission = ThreadAdmissionControl(settings, lifecycle)
+                self._guarded = True
+            self.control = ControlPlane(lifecycle, self.checks, self._admission)
+            if not settings.log_probes:
+                install_probe_log_filter(settings)
+            runtime = AsyncRuntime(lifecycle, self.checks, self._admission)
+            if self._needs_background_work():
+                self._runtime = BackgroundRuntime(runtime)
+                self._runtime.start()
+            else:
+                runtime.open_gate()  # nothing to wait for, nothing to watch
+            self._special_paths = self.control.paths
+
+    def stop(self) -> None:
+        """Stop the background thread (tests, embedding); a server's exit ends it anyway."""
+        runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            runtime.stop()
+
+    def _needs_background_work(self) -> bool:
+        settings = self.lifecycle.settings
+        return bool(
+            self.checks.has_startup_work
+            or self.checks.of_kind("readiness")
+            or self.checks.of_kind("liveness")
+            or settings.startup_min_delay > 0
+            or settings.warmup_window > 0  # the window ends on the watcher's clock
+            or settings.agent_port is not None
+            or self._admission is not None  # queued requests get in as the cap ramps up
+        )
 
     # -- probes and /shutdown --------------------------------------------------------------------
 
@@ -210,10 +293,7 @@ class _Counted:
             if close is not None:
                 close()
         finally:
-            self._finish(counters)
-
-    def _finish(self, counters: memoryview) -> None:
-        counters[self._traffic] -= 1  # atomic with the GIL: see _GIL_MAKES_ADD_ATOMIC
+            counters[self._traffic] -= 1  # atomic with the GIL: see _GIL_MAKES_ADD_ATOMIC
 
 
 class _CountedList(list[bytes]):
@@ -230,19 +310,68 @@ class _CountedList(list[bytes]):
             counters[self._traffic] -= 1  # atomic with the GIL: see _GIL_MAKES_ADD_ATOMIC
 
 
-class _CountedLocked(_Counted):
-    """``_Counted`` for free-threaded Python: the count changes under the lifecycle's lock."""
+class _Finish:
+    """Ends one request of the guarded path, once: the count (under the lock), the admission place."""
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_admission", "_counters", "_lock", "_traffic")
 
     def __init__(
-        self, result: Iterable[bytes], counters: memoryview, traffic: int, lock: threading.Lock
+        self,
+        counters: memoryview,
+        traffic: int,
+        lock: threading.Lock | None,
+        admission: ThreadAdmissionControl | None,
     ) -> None:
-        super().__init__(result, counters, traffic)
+        self._counters: memoryview | None = counters
+        self._traffic = traffic
         self._lock = lock
+        self._admission = admission
 
-    def _finish(self, counters: memoryview) -> None:
+    def __call__(self) -> None:
+        counters = self._counters
+        if counters is None:
+            return  # finished before
+        self._counters = None
         _add(counters, self._traffic, -1, self._lock)
+        if self._admission is not None:
+            self._admission.release()
+
+
+class _Decrement:
+    """Ends one request of the fast path, once (for a hooked file wrapper)."""
+
+    __slots__ = ("_counters", "_traffic")
+
+    def __init__(self, counters: memoryview, traffic: int) -> None:
+        self._counters: memoryview | None = counters
+        self._traffic = traffic
+
+    def __call__(self) -> None:
+        counters = self._counters
+        if counters is not None:
+            self._counters = None
+            counters[self._traffic] -= 1
+
+
+class _Guarded:
+    """The app's body on the guarded path: ``close()`` closes it, then finishes the request."""
+
+    __slots__ = ("_finish", "_result")
+
+    def __init__(self, result: Iterable[bytes], finish: _Finish) -> None:
+        self._result = result
+        self._finish = finish
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish()
 
 
 def _add(counters: memoryview, traffic: int, amount: int, lock: threading.Lock | None) -> None:
@@ -263,19 +392,21 @@ class _EveryPath:
 _EVERY_PATH = _EveryPath()
 
 
-def _hook_close(result: Any, counters: memoryview, traffic: int, lock: threading.Lock | None) -> bool:
-    """Make the file wrapper's ``close()`` end the count (once); False if it cannot be set."""
+def _is_file_wrapper(result: object, environ: Environ) -> bool:
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    return file_wrapper is not None and isinstance(file_wrapper, type) and isinstance(result, file_wrapper)
+
+
+def _hook_close(result: Any, finish: Callable[[], None]) -> bool:
+    """Make the file wrapper's ``close()`` also ``finish()`` (once); False if it cannot be set."""
     original = getattr(result, "close", None)
-    done = [False]
 
     def close() -> None:
         try:
             if original is not None:
                 original()
         finally:
-            if not done[0]:
-                done[0] = True
-                _add(counters, traffic, -1, lock)
+            finish()  # does its work once, however often close() is called
 
     try:
         result.close = close

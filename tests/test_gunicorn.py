@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import free_port
 from tests.server_process import ServerProcess, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -274,3 +276,53 @@ def test_app_is_wrapped_once(started: list[ServerProcess], kind: str) -> None:
     for _ in range(4):
         assert fresh_get(server, "/fast").status_code == 200
     assert health(server)["requests"] == before + 4  # type: ignore[operator]
+
+
+# -- warm-up and admission in the WSGI workers ---------------------------------------------------------
+
+
+def agent_says(port: int) -> str | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            return sock.recv(100).decode().strip()
+    except OSError:
+        return None
+
+
+def test_wsgi_worker_starts_its_background_work_without_a_first_request(started: list[ServerProcess]) -> None:
+    """The worker starts the gate, warm-up and agent when it has loaded the app: HAProxy's agent
+    check is answered ("up NN%") before any HTTP request reached the instance."""
+    agent_port = free_port()
+    env = {
+        "GRACEFUL_DRAIN_DELAY": "0.5",
+        "GRACEFUL_MAX_CONCURRENCY": "4",
+        "GRACEFUL_WARMUP_WINDOW": "30",
+        "GRACEFUL_AGENT_PORT": str(agent_port),
+    }
+    server = ServerProcess(gunicorn_argv("thread"), env=env)
+    started.append(server)
+    wait_for(lambda: (agent_says(agent_port) or "").startswith("up "), 15, "the agent, before any request")
+    server.wait_ready()
+    assert health(server)["phase"] == "warming"
+
+
+def test_wsgi_worker_caps_concurrency_across_its_threads(started: list[ServerProcess]) -> None:
+    """GRACEFUL_MAX_CONCURRENCY=2 in one worker with 4 threads: 6 slow requests at once all succeed,
+    and never more than 2 run in the app at once."""
+    server = start(started, "thread", "-w", "1", delay=0.5, GRACEFUL_MAX_CONCURRENCY="2", GRACEFUL_QUEUE_TIMEOUT="10")
+    results: list[int | str] = []
+
+    def fetch() -> None:
+        try:
+            results.append(fresh_get(server, "/slow?seconds=0.4", timeout=20).status_code)
+        except httpx.HTTPError as exc:
+            results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=fetch) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == [200] * 6
+    admission = health(server)["admission"]
+    assert isinstance(admission, dict) and admission["highest_running"] == 2, admission
