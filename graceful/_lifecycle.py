@@ -64,6 +64,12 @@ class Lifecycle:
         self.count_lock = self._count_lock
         self._notify_lock = threading.Lock()
         self.traffic_cell: list[Any] = []
+        #: ``local_traffic[0]``: traffic counted in this process (same packing as the board's slot)
+        #: but not yet added to the board: a Python int is far cheaper to change than shared
+        #: memory. ``flush_traffic`` moves it to the board; the runtime's watcher does every 50 ms,
+        #: and every read in this process does first, so this process always sees exact figures
+        #: and others see them at most one watcher tick late.
+        self.local_traffic = [0]
         #: A slot a parent (the gunicorn master) reserved for the next forked child: see
         #: ``reserve_child_slot``. None: a forked child claims a free slot itself.
         self._child_slot: int | None = None
@@ -104,12 +110,27 @@ class Lifecycle:
         # ``counters[index] += REQUEST_STARTED`` when a request starts and ``-= 1`` when it ends.
         # Changed in place after a fork, so holders of the list see the child's slot.
         self.traffic_cell[:] = [self._slot_ints, self._slot_base + SLOT_TRAFFIC]
+        self.local_traffic[0] = 0  # in a child: what the parent had not flushed is the parent's
+        self.closed = False  # a child serves from its own slot, even if its parent gave its up
         self._in_flight = 0
         self._requests = 0
 
     def close(self) -> None:
         """Give the slot back (the process is done serving)."""
+        with self._count_lock:
+            self.closed = True  # no flush may write into a slot that is no longer ours
         self.board.release_slot(self.slot)
+
+    def flush_traffic(self) -> None:
+        """Add the traffic counted in ``local_traffic`` to this process's slot on the board."""
+        with self._count_lock:  # one flusher at a time; counting threads never wait for it
+            pending = self.local_traffic[0]
+            if not pending or self.closed:
+                return
+            # Each of these two is one atomic step under the GIL (see graceful/wsgi.py): a request
+            # counted between them stays in local_traffic for the next flush.
+            self.local_traffic[0] -= pending
+            self._slot_ints[self._slot_base + SLOT_TRAFFIC] += pending
 
     def reserve_child_slot(self) -> int:
         """Reserve the slot the next child forked from this process takes (the parent frees it later).
@@ -273,15 +294,18 @@ class Lifecycle:
     @property
     def in_flight(self) -> int:
         """In-flight requests (websockets included) across every process on the board."""
+        self.flush_traffic()
         return sum(slot.in_flight for slot in self.board.read_slots())
 
     @property
     def local_in_flight(self) -> int:
+        self.flush_traffic()
         return int(self._slot_ints[self._slot_base + SLOT_TRAFFIC]) & IN_FLIGHT_MASK
 
     def snapshot(self) -> dict[str, Any]:
         """What ``GET /healthz`` shows. Nothing sensitive: no settings, tokens, paths or addresses."""
         now = self.clock()
+        self.flush_traffic()
         board = self.board
         slots = board.read_slots()
         phase = board.phase

@@ -107,8 +107,9 @@ class AsyncRuntime:
     async def _watch(self) -> None:
         lifecycle, admission = self.lifecycle, self.admission
         window = lifecycle.settings.warmup_window
-        while True:
+        while not lifecycle.closed:
             phase = lifecycle.poll()
+            lifecycle.flush_traffic()  # what WSGI threads counted, for other processes to read
             if phase is Phase.WARMING and lifecycle.clock() - lifecycle.board.phase_changed_at >= window:
                 lifecycle.move_to(Phase.READY)  # any process may: the move is locked and idempotent
             if admission is not None:
@@ -178,6 +179,9 @@ class BackgroundRuntime:
         self.runtime.start(take_over_signals=False)
         self._started.set()
         try:
-            await self._stopping.wait()
+            # Until stop(), or until the lifecycle is closed (a test's, or an embedding's).
+            while not self._stopping.is_set() and not self.runtime.lifecycle.closed:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
         finally:
             await self.runtime.stop()

@@ -13,7 +13,7 @@ headers, and servers enforce that in different ways, so one header does not fit 
 - werkzeug's dev server closes after every response (since 2.1) and says so: nothing to do (a
   second header would be doubled);
 - others (uWSGI, cheroot, bjoern...) pass it on: graceful adds ``Connection: close`` to the app's
-  headers.
+  headers (after any it set itself: a ``close`` option anywhere makes the client close).
 
 gunicorn and waitress need no wrapper around ``start_response``: the request is marked before
 the app runs, which is also the cheapest way. The way is chosen once per kind of
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from functools import partial
 from types import FunctionType, MethodType
 from typing import Any
 
@@ -33,25 +32,36 @@ __all__ = ["closing_start_response"]
 StartResponse = Callable[..., Callable[[bytes], object]]
 Way = Callable[[Any], Any]  # start_response -> the start_response to give the app
 
-_CLOSE = ("Connection", "close")
+_CLOSE = [("Connection", "close")]  # concatenated, never changed
 
 
 def closing_start_response(start_response: Any) -> Any:
     """The ``start_response`` to give the app so that the server closes the connection after it."""
     # Written for speed: this runs for every request of the drain (bench/overhead_wsgi.py).
-    kind = type(start_response)
+    kind = start_response.__class__
     if kind is FunctionType:
         key: object = start_response.__code__
     elif kind is MethodType:
-        key = type(start_response.__self__)
+        key = start_response.__self__.__class__
     else:
         key = kind
+    last_key, way = _last  # one process almost always runs one server: no hashing then
+    if last_key is not key:
+        way = _way_for(key, start_response)
+    if way is _by_header:  # the usual way, made without a further call
+        return MethodType(_start_closing, start_response)
+    return way(start_response)
+
+
+def _way_for(key: object, start_response: Any) -> Way:
+    global _last
     way = _ways.get(key)
     if way is None:
         way = _choose_way(start_response)
         if len(_ways) < _MAX_KINDS:  # a server that makes a class per request must not grow it
             _ways[key] = way
-    return way(start_response)
+    _last = (key, way)  # one tuple, swapped whole: safe for other threads reading it
+    return way
 
 
 def _choose_way(start_response: Any) -> Way:
@@ -119,17 +129,18 @@ def _by_wsgiref_headers(start_response: Any) -> Any:
 def _start_closing(
     start_response: Any, status: str, headers: list[tuple[str, str]], exc_info: Any = None
 ) -> Any:
-    for name, _ in headers:
-        if len(name) == 10 and name.lower() == "connection":  # the app set one: replace it
-            headers = [(n, v) for n, v in headers if n.lower() != "connection"]
-            break
-    return start_response(status, [*headers, _CLOSE], exc_info)
+    # Appended, not replacing a Connection header the app set (PEP 3333 forbids apps to): a
+    # "close" option anywhere in the field makes the client close (RFC 9112 section 9.6), and
+    # looking for one would cost a third of this wrapper.
+    return start_response(status, headers + _CLOSE, exc_info)
 
 
-#: start_response -> ``_start_closing`` bound to it. A method object is the cheapest wrapper to make
-#: and to call (cheaper than a closure or functools.partial), and partial makes it with no frame.
-_by_header: Way = partial(MethodType, _start_closing)
+def _by_header(start_response: Any) -> Any:
+    # _start_closing bound to start_response: a method object is cheaper to make and to call than
+    # a closure or functools.partial.
+    return MethodType(_start_closing, start_response)
 
 
 _MAX_KINDS = 64
-_ways: dict[object, Way] = {}
+_ways: dict[object, Way] = {}  # key: a bound method owner's class, a function's code, or a type
+_last: tuple[object, Way] = (None, _by_header)

@@ -50,12 +50,12 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 WAIT_INTERVAL = 0.05
 _PHASE = 3  # index of the phase in the board's header (StateBoard.phase_cell)
 
-# Threads of a WSGI server share this process's slot. With the GIL, one `ints[i] += n` on a
-# memoryview is atomic between threads: memoryview item access runs no Python code, and CPython
-# switches threads (and runs signal handlers) only at eval-breaker checks, which none of
-# BINARY_SUBSCR / BINARY_OP / STORE_SUBSCR make (tests/test_wsgi.py counts 8 threads exactly with
-# a 1 us switch interval). A lock would double the middleware's cost. Free-threaded builds (no GIL)
-# take the lifecycle's count lock instead.
+# Threads of a WSGI server share this process's count (Lifecycle.local_traffic). With the GIL, one
+# `counts[0] += n` on a list of ints is atomic between threads: CPython switches threads (and runs
+# signal handlers) only at eval-breaker checks, which none of BINARY_SUBSCR / BINARY_OP /
+# STORE_SUBSCR make (tests/test_wsgi.py counts 8 threads exactly with a 1 us switch interval). A
+# lock would double the middleware's cost. Free-threaded builds (no GIL) take the lifecycle's
+# count lock instead.
 _GIL_MAKES_ADD_ATOMIC: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
@@ -89,7 +89,10 @@ class GracefulMiddleware:
         assert phase_index == _PHASE
         self._phases = phases
         self._terminating = lifecycle.terminating
-        self._traffic_cell = lifecycle.traffic_cell  # a list updated in place after a fork
+        # Counted in a Python int of this process, moved to the shared board by the background
+        # thread's watcher (Lifecycle.local_traffic): an int in a list costs a fraction of a
+        # shared-memory add. The list is never replaced (a fork resets it in place).
+        self._counts = lifecycle.local_traffic
         self._lock = None if _GIL_MAKES_ADD_ATOMIC else lifecycle.count_lock
         self._admission: ThreadAdmissionControl | None = None
         #: Requests take the guarded path (admission, or the count under a lock) when set.
@@ -115,7 +118,11 @@ class GracefulMiddleware:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # The hot path is written out here (no helper calls, the counter changed inline): see
         # bench/overhead_wsgi.py for what it costs.
-        if environ.get("PATH_INFO", "") in self._special_paths:
+        try:
+            path = environ["PATH_INFO"]
+        except KeyError:  # servers may leave it out when empty (CGI); a subscript is cheaper than get()
+            path = ""
+        if path in self._special_paths:
             return self._serve_special(environ, start_response)
         if self._phases[_PHASE] >= TERMINATING_PHASE:
             # Draining: this response tells the client to take its next request elsewhere.
@@ -128,33 +135,33 @@ class GracefulMiddleware:
             start_response = closing_start_response(start_response)
         if self._guarded:
             return self._call_guarded(environ, start_response)
-        counters, traffic = self._traffic_cell  # the slot of this process (re-taken after a fork)
-        counters[traffic] += REQUEST_STARTED  # one more in flight, one more served
+        counts = self._counts
+        counts[0] += REQUEST_STARTED  # one more in flight, one more served
         try:
             result = self.app(environ, start_response)
-            if type(result) is list:
+            if result.__class__ is list:
                 # The common body: a list. A list subclass that closes the count is cheaper than a
                 # wrapper, iterates at C speed, and keeps servers' list fast paths (Content-Length).
                 counted = _CountedList(result)
-                counted._counters, counted._traffic = counters, traffic
+                counted._counts = counts
                 return counted
-            if _is_file_wrapper(result, environ) and _hook_close(result, _Decrement(counters, traffic)):
+            if _is_file_wrapper(result, environ) and _hook_close(result, _Finish(counts, None, None)):
                 # The server's own file wrapper is kept (gunicorn sends it with sendfile); its
                 # close() now ends the count (PEP 3333, "Optional Platform-Specific File Handling").
                 return result
         except BaseException:
-            counters[traffic] -= 1
+            counts[0] -= 1
             raise
-        return _Counted(result, counters, traffic)
+        return _Counted(result, counts)
 
     def _call_guarded(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """A request under admission control, or counted under a lock (free-threaded Python)."""
         admission = self._admission
         if admission is not None and not admission.acquire():
             return self._shed(start_response, admission.retry_after())
-        counters, traffic = self._traffic_cell
-        finish = _Finish(counters, traffic, self._lock, admission)
-        _add(counters, traffic, REQUEST_STARTED, self._lock)
+        counts = self._counts
+        finish = _Finish(counts, self._lock, admission)
+        _add(counts, REQUEST_STARTED, self._lock)
         try:
             result = self.app(environ, start_response)
             if _is_file_wrapper(result, environ) and _hook_close(result, finish):
@@ -198,12 +205,10 @@ class GracefulMiddleware:
             self.control = ControlPlane(lifecycle, self.checks, self._admission)
             if not settings.log_probes:
                 install_probe_log_filter(settings)
-            runtime = AsyncRuntime(lifecycle, self.checks, self._admission)
-            if self._needs_background_work():
-                self._runtime = BackgroundRuntime(runtime)
-                self._runtime.start()
-            else:
-                runtime.open_gate()  # nothing to wait for, nothing to watch
+            # Always: besides checks, gate, warm-up and agent, its watcher moves this process's
+            # counts to the board and notices phase changes made by other processes.
+            self._runtime = BackgroundRuntime(AsyncRuntime(lifecycle, self.checks, self._admission))
+            self._runtime.start()
             self._special_paths = self.control.paths
 
     def stop(self) -> None:
@@ -211,18 +216,6 @@ class GracefulMiddleware:
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
             runtime.stop()
-
-    def _needs_background_work(self) -> bool:
-        settings = self.lifecycle.settings
-        return bool(
-            self.checks.has_startup_work
-            or self.checks.of_kind("readiness")
-            or self.checks.of_kind("liveness")
-            or settings.startup_min_delay > 0
-            or settings.warmup_window > 0  # the window ends on the watcher's clock
-            or settings.agent_port is not None
-            or self._admission is not None  # queued requests get in as the cap ramps up
-        )
 
     # -- probes and /shutdown --------------------------------------------------------------------
 
@@ -273,84 +266,61 @@ class _Counted:
     server call ``close()`` when it is done, whether the body ran out, failed or the client left.
     """
 
-    __slots__ = ("_counters", "_result", "_traffic")
+    __slots__ = ("_counts", "_result")
 
-    def __init__(self, result: Iterable[bytes], counters: memoryview, traffic: int) -> None:
+    def __init__(self, result: Iterable[bytes], counts: list[int]) -> None:
         self._result = result
-        self._counters: memoryview | None = counters
-        self._traffic = traffic
+        self._counts: list[int] | None = counts
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._result)
 
     def close(self) -> None:
-        counters = self._counters
-        if counters is None:
+        counts = self._counts
+        if counts is None:
             return  # closed before
-        self._counters = None
+        self._counts = None
         try:
             close = getattr(self._result, "close", None)
             if close is not None:
                 close()
         finally:
-            counters[self._traffic] -= 1  # atomic with the GIL: see _GIL_MAKES_ADD_ATOMIC
+            counts[0] -= 1  # atomic with the GIL: see _GIL_MAKES_ADD_ATOMIC
 
 
 class _CountedList(list[bytes]):
     """A list body whose ``close()`` ends the request's count, exactly once (see ``_Counted``)."""
 
-    __slots__ = ("_counters", "_traffic")
-    _counters: memoryview | None
-    _traffic: int
+    __slots__ = ("_counts",)
+    _counts: list[int] | None
 
     def close(self) -> None:
-        counters = self._counters
-        if counters is not None:
-            self._counters = None
-            counters[self._traffic] -= 1  # atomic with the GIL: see _GIL_MAKES_ADD_ATOMIC
+        counts = self._counts
+        if counts is not None:
+            self._counts = None
+            counts[0] -= 1  # atomic with the GIL: see _GIL_MAKES_ADD_ATOMIC
 
 
 class _Finish:
-    """Ends one request of the guarded path, once: the count (under the lock), the admission place."""
+    """Ends one request, once: its count (under the lock, if any), then its admission place."""
 
-    __slots__ = ("_admission", "_counters", "_lock", "_traffic")
+    __slots__ = ("_admission", "_counts", "_lock")
 
     def __init__(
-        self,
-        counters: memoryview,
-        traffic: int,
-        lock: threading.Lock | None,
-        admission: ThreadAdmissionControl | None,
+        self, counts: list[int], lock: threading.Lock | None, admission: ThreadAdmissionControl | None
     ) -> None:
-        self._counters: memoryview | None = counters
-        self._traffic = traffic
+        self._counts: list[int] | None = counts
         self._lock = lock
         self._admission = admission
 
     def __call__(self) -> None:
-        counters = self._counters
-        if counters is None:
+        counts = self._counts
+        if counts is None:
             return  # finished before
-        self._counters = None
-        _add(counters, self._traffic, -1, self._lock)
+        self._counts = None
+        _add(counts, -1, self._lock)
         if self._admission is not None:
             self._admission.release()
-
-
-class _Decrement:
-    """Ends one request of the fast path, once (for a hooked file wrapper)."""
-
-    __slots__ = ("_counters", "_traffic")
-
-    def __init__(self, counters: memoryview, traffic: int) -> None:
-        self._counters: memoryview | None = counters
-        self._traffic = traffic
-
-    def __call__(self) -> None:
-        counters = self._counters
-        if counters is not None:
-            self._counters = None
-            counters[self._traffic] -= 1
 
 
 class _Guarded:
@@ -374,12 +344,12 @@ class _Guarded:
             self._finish()
 
 
-def _add(counters: memoryview, traffic: int, amount: int, lock: threading.Lock | None) -> None:
+def _add(counts: list[int], amount: int, lock: threading.Lock | None) -> None:
     if lock is None:
-        counters[traffic] += amount
+        counts[0] += amount
         return
     with lock:
-        counters[traffic] += amount
+        counts[0] += amount
 
 
 class _EveryPath:
