@@ -10,8 +10,10 @@ after round, and the median round is reported: the machine is shared and noisy.
 While draining, how the middleware makes the server close the connection depends on the server
 (graceful/_wsgi_close.py), so the draining phase is measured against two shapes of server, each
 with its own passthrough row:
-  plain      start_response is a plain function, and Connection: close must be added to the app's
-             headers by wrapping start_response (uWSGI, cheroot, bjoern...): the costliest way
+  plain      one start_response function for every request (uWSGI's shape); while draining,
+             Connection: close is added by wrapping start_response, as for every server without
+             a cheaper way (uWSGI, cheroot, bjoern...): the costliest way, against the cheapest
+             passthrough, so the worst case
   gunicorn   start_response is a method of a new response object per request, as in gunicorn,
              and the middleware asks that object to close (force_close()); waitress is alike
 
@@ -90,11 +92,8 @@ class GunicornLikeResponse:
         self.must_close = True
 
 
-def plain_server() -> Any:
-    return start_response
-
-
-def gunicorn_like_server() -> Any:
+def gunicorn_like_start_response() -> Any:
+    """What gunicorn passes: the method of a response object made for this request."""
     return GunicornLikeResponse().start_response
 
 
@@ -119,17 +118,33 @@ def environ() -> Environ:
     }
 
 
-def time_per_request(target: WSGIApp, requests: int, server: Callable[[], Any] = plain_server) -> float:
-    """What a server does per request: make start_response, call, iterate, close (if it can)."""
+def time_per_request(
+    target: WSGIApp, requests: int, make_start_response: Callable[[], Any] | None = None
+) -> float:
+    """What a server does per request: call, iterate, close (when the result has close()).
+
+    ``make_start_response``: None for one start_response function for every request (uWSGI's
+    shape; the loop is the same as for the ASGI benchmark), else what makes one per request. Two
+    copies of the loop, so that neither shape pays for a branch or a call the other needs.
+    """
     the_environ = environ()
     started = time.perf_counter()
-    for _ in range(requests):
-        result = target(the_environ, server())
-        for chunk in result:
-            write(chunk)
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
+    if make_start_response is None:
+        for _ in range(requests):
+            result = target(the_environ, start_response)
+            for chunk in result:
+                write(chunk)
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+    else:
+        for _ in range(requests):
+            result = target(the_environ, make_start_response())
+            for chunk in result:
+                write(chunk)
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
     return (time.perf_counter() - started) / requests
 
 
@@ -140,15 +155,16 @@ def measure(requests: int, rounds: int) -> dict[str, list[float]]:
     draining.open_gate()
     draining.begin_drain("benchmark")
     # name: (the WSGI callable, the server shape it is driven by)
-    variants: dict[str, tuple[WSGIApp, Callable[[], Any]]] = {
-        "app alone": (app, plain_server),
-        "passthrough": (Passthrough(app), plain_server),
-        "graceful (ready)": (GracefulMiddleware(app, lifecycle=ready), plain_server),
-        "graceful (draining)": (GracefulMiddleware(app, lifecycle=draining), plain_server),
-        "gunicorn: app alone": (app, gunicorn_like_server),
-        "gunicorn: passthrough": (Passthrough(app), gunicorn_like_server),
-        "gunicorn: graceful (ready)": (GracefulMiddleware(app, lifecycle=ready), gunicorn_like_server),
-        "gunicorn: graceful (draining)": (GracefulMiddleware(app, lifecycle=draining), gunicorn_like_server),
+    gunicorn = gunicorn_like_start_response
+    variants: dict[str, tuple[WSGIApp, Callable[[], Any] | None]] = {
+        "app alone": (app, None),
+        "passthrough": (Passthrough(app), None),
+        "graceful (ready)": (GracefulMiddleware(app, lifecycle=ready), None),
+        "graceful (draining)": (GracefulMiddleware(app, lifecycle=draining), None),
+        "gunicorn: app alone": (app, gunicorn),
+        "gunicorn: passthrough": (Passthrough(app), gunicorn),
+        "gunicorn: graceful (ready)": (GracefulMiddleware(app, lifecycle=ready), gunicorn),
+        "gunicorn: graceful (draining)": (GracefulMiddleware(app, lifecycle=draining), gunicorn),
     }
     for target, server in variants.values():  # warm up: the first call opens the gate, fills caches
         time_per_request(target, 2000, server)
