@@ -44,10 +44,11 @@ def settled(server: ServerProcess, requests: int) -> None:
 def test_streamed_response_counts_until_its_last_chunk(server: ServerProcess) -> None:
     """A streamed body is in flight while it streams and not after."""
     before = figures(server)["requests"]
-    with httpx.stream("GET", server.url + "/stream?chunks=6&interval=0.1", timeout=5) as response:
+    with httpx.stream("GET", server.url + "/stream?chunks=30&interval=0.1", timeout=5) as response:
         chunks = response.iter_bytes()
         next(chunks)
-        assert figures(server)["in_flight"] == 1
+        # /healthz may be answered by the other worker, which sees this one's count within 50 ms.
+        wait_for(lambda: figures(server)["in_flight"] == 1, 2, "the stream to be in flight")
         body = b"".join(chunks)
     assert body.endswith(b"end\n")
     settled(server, before + 1)
@@ -82,6 +83,6 @@ def test_client_that_goes_away_mid_stream_leaves_the_count_exact(server: ServerP
         deadline = time.monotonic() + 5
         while b"\n3\n" not in received and time.monotonic() < deadline:
             received += sock.recv(4096)
-        assert figures(server)["in_flight"] == 1
+        wait_for(lambda: figures(server)["in_flight"] == 1, 2, "the stream to be in flight")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
     settled(server, before + 1)
