@@ -308,6 +308,9 @@ class Cluster:
                 "POD_NAME": name,
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+                # As in an image, `python` (also one a supervisor starts) is the one with the
+                # packages: this interpreter's directory first.
+                "PATH": os.pathsep.join(filter(None, [os.path.dirname(sys.executable), env.get("PATH")])),
             }
         )
         env.update(spec.env)
