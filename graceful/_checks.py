@@ -4,17 +4,20 @@
     middleware.add_check("search", ping_search, kind="readiness", critical=False)  # a weak dependency
 
 A check passes when it returns anything but ``False`` without raising, within its timeout. Sync
-checks run in a worker thread so a slow one never blocks the event loop. Readiness and liveness
-checks run every ``check_interval`` seconds in the background, never on the request path: a probe
-only reads their latest results. A non-critical check shows in ``/healthz`` detail but never fails
-a probe.
+checks run in a daemon thread so a slow one never blocks the event loop, nor the process's exit.
+Readiness and liveness checks run every ``check_interval`` seconds in the background, never on the
+request path: a probe only reads their latest results. A non-critical check shows in ``/healthz``
+detail but never fails a probe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -57,6 +60,8 @@ class Checks:
         self.clock = clock
         self._checks: list[Check] = []
         self._results: dict[str, CheckResult] = {}
+        #: Per sync check, its run in progress (or last run): see ``_sync_run``.
+        self._runs: dict[str, asyncio.Task[Any]] = {}
 
     def add(self, check: Check) -> None:
         if any(existing.name == check.name for existing in self._checks):
@@ -79,9 +84,8 @@ class Checks:
             if inspect.iscoroutinefunction(check.func):
                 outcome = await asyncio.wait_for(check.func(), timeout)
             else:
-                outcome = await asyncio.wait_for(asyncio.to_thread(check.func), timeout)
-                if inspect.isawaitable(outcome):  # a sync callable that returned a coroutine
-                    outcome = await asyncio.wait_for(outcome, timeout)
+                # shield: a timeout abandons the run, it cannot stop a thread (see _sync_run)
+                outcome = await asyncio.wait_for(asyncio.shield(self._sync_run(check, timeout)), timeout)
             ok, error = outcome is not False, None if outcome is not False else "returned False"
         except asyncio.TimeoutError:
             ok, error = False, f"timed out after {timeout:g} s"
@@ -94,6 +98,26 @@ class Checks:
             log("graceful: %s check %r %s", check.kind, check.name, "passes" if ok else f"fails: {error}")
         self._results[check.name] = result
         return result
+
+    def _sync_run(self, check: Check, timeout: float) -> asyncio.Task[Any]:
+        """The run of a sync check still in progress, else a new one in a new daemon thread.
+
+        A thread cannot be stopped, so a check that hangs (a connect() to a dead host) would start
+        one more thread every ``check_interval`` and pile them up. Instead a run that finds the
+        previous run of the same check still going waits for that one, within its own timeout, and
+        reports it as timed out if it is still stuck. Concurrent runs (the startup gate's and the
+        background loop's) share one thread the same way.
+        """
+        loop = asyncio.get_running_loop()
+        run = self._runs.get(check.name)
+        # A run of another loop (one closed, or the parent's before a fork) is not waited for.
+        if run is None or run.done() or run.get_loop() is not loop:
+            name = f"graceful-check-{check.name}"
+            run = loop.create_task(_call_sync(check.func, timeout, name), name=name)
+            # A run nobody waits for any more must not log "exception was never retrieved".
+            run.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._runs[check.name] = run
+        return run
 
     async def run_kind(self, kind: CheckKind) -> bool:
         """Run every check of a kind at once; True when every critical one passed."""
@@ -123,3 +147,43 @@ class Checks:
                 "seconds": None if result is None else result.seconds,
             }
         return detail
+
+
+async def _call_sync(func: Callable[[], Any], timeout: float, name: str) -> Any:
+    outcome = await _in_daemon_thread(func, name=name)
+    if inspect.isawaitable(outcome):  # a sync callable that returned a coroutine
+        outcome = await asyncio.wait_for(outcome, timeout)
+    return outcome
+
+
+def _in_daemon_thread(func: Callable[[], Any], *, name: str) -> asyncio.Future[Any]:
+    """Call ``func`` in a new daemon thread; its result or exception arrives on the returned future.
+
+    Not ``asyncio.to_thread``: the default executor's threads are not daemons, and
+    ``concurrent.futures`` joins them at interpreter exit (its ``_python_exit``), so one check stuck
+    in a connect() kept a WSGI worker alive after ``sys.exit`` until the check returned, or until
+    gunicorn's SIGKILL. A daemon thread dies with the process.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()  # as to_thread does
+
+    def settle(outcome: Any, error: BaseException | None) -> None:
+        if future.done():  # cancelled: nobody waits for this run any more
+            return
+        if error is None:
+            future.set_result(outcome)
+        else:
+            future.set_exception(error)
+
+    def work() -> None:
+        outcome, error = None, None
+        try:
+            outcome = context.run(func)
+        except BaseException as exc:  # delivered to the loop, which decides what it means
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome, error)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return future
