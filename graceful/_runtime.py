@@ -34,6 +34,9 @@ logger = logging.getLogger("graceful")
 # How often the board is read for changes made by other processes (supervisor, gunicorn master,
 # sibling workers): well inside a readiness probe period, cheap enough to ignore.
 WATCH_INTERVAL = 0.05
+# The watcher survives its errors, and logs each distinct one at most this often (seconds): a
+# persistent one (a board file gone, a lockf that fails) would otherwise log 20 times a second.
+WATCH_ERROR_LOG_INTERVAL = 60.0
 
 
 class AsyncRuntime:
@@ -43,6 +46,7 @@ class AsyncRuntime:
         self.admission = admission
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_server: Callable[[], None] | None = None
+        self._watch_errors_logged: dict[str, float] = {}  # error text: when last logged
 
     def start(self, *, take_over_signals: bool = True) -> None:
         """Start on the running loop; ``take_over_signals``: plain uvicorn's SIGTERM (see _chain)."""
@@ -108,18 +112,42 @@ class AsyncRuntime:
         lifecycle, admission = self.lifecycle, self.admission
         window = lifecycle.settings.warmup_window
         while not lifecycle.closed:
-            phase = lifecycle.poll()
-            lifecycle.flush_traffic()  # what WSGI threads counted, for other processes to read
-            if phase is Phase.WARMING and lifecycle.clock() - lifecycle.board.phase_changed_at >= window:
-                lifecycle.move_to(Phase.READY)  # any process may: the move is locked and idempotent
-            if admission is not None:
-                admission.wake()
-            if self._stop_server is not None and phase is Phase.DRAINING and lifecycle.drain_delay_over():
-                stop, self._stop_server = self._stop_server, None
-                stop()
-            if phase is Phase.STOPPED:
-                return
+            # One failed tick (an OSError from the board's lockf, a bug in a step) must not end
+            # flushing counts, the warm-up's end and admission's wake-ups for good: log, try again.
+            try:
+                phase = lifecycle.poll()
+                lifecycle.flush_traffic()  # what WSGI threads counted, for other processes to read
+                if phase is Phase.WARMING and lifecycle.clock() - lifecycle.board.phase_changed_at >= window:
+                    lifecycle.move_to(Phase.READY)  # any process may: the move is locked and idempotent
+                if admission is not None:
+                    admission.wake()
+                if self._stop_server is not None and phase is Phase.DRAINING and lifecycle.drain_delay_over():
+                    stop, self._stop_server = self._stop_server, None
+                    stop()
+                if phase is Phase.STOPPED:
+                    return
+            except Exception as exc:
+                self._log_watch_error(exc)
             await asyncio.sleep(WATCH_INTERVAL)
+
+    def _log_watch_error(self, exc: Exception) -> None:
+        """Log ``exc`` with its traceback, unless the same error was logged in the last minute."""
+        text, now = f"{type(exc).__name__}: {exc}", self.lifecycle.clock()
+        logged = self._watch_errors_logged
+        last = logged.get(text)
+        if last is not None and now - last < WATCH_ERROR_LOG_INTERVAL:
+            return
+        if len(logged) >= 32:  # errors whose text varies: keep the memory bounded
+            logged.clear()
+        logged[text] = now
+        logger.error(
+            "graceful: the board watcher failed; it goes on every %g s (this error is logged at most "
+            "every %g s): %s",
+            WATCH_INTERVAL,
+            WATCH_ERROR_LOG_INTERVAL,
+            text,
+            exc_info=exc,
+        )
 
     # -- 4. the agent-check responder ----------------------------------------------------------------
 
