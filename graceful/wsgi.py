@@ -132,7 +132,7 @@ class GracefulMiddleware:
             # next request on it is still served during the delay, and closes it.
             if not self._terminating[0]:
                 self.lifecycle.poll()  # another process moved the phase: tell this process's listeners
-            start_response = closing_start_response(start_response)
+            start_response = closing_start_response(start_response, environ)
         if self._guarded:
             return self._call_guarded(environ, start_response)
         counts = self._counts
@@ -158,7 +158,7 @@ class GracefulMiddleware:
         """A request under admission control, or counted under a lock (free-threaded Python)."""
         admission = self._admission
         if admission is not None and not admission.acquire():
-            return self._shed(start_response, admission.retry_after())
+            return self._shed(environ, start_response, admission.retry_after())
         counts = self._counts
         finish = _Finish(counts, self._lock, admission)
         _add(counts, REQUEST_STARTED, self._lock)
@@ -171,10 +171,10 @@ class GracefulMiddleware:
             raise
         return _Guarded(result, finish)
 
-    def _shed(self, start_response: StartResponse, retry_after: int) -> list[bytes]:
+    def _shed(self, environ: Environ, start_response: StartResponse, retry_after: int) -> list[bytes]:
         """503 for a request over the cap: retry later, on a new connection (likely another instance)."""
         reply = shed_reply(retry_after)
-        self._closing(start_response)(_status_line(reply.status), _str_headers(reply))
+        self._closing(environ, start_response)(_status_line(reply.status), _str_headers(reply))
         return [reply.body]
 
     def _serve_special(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -231,15 +231,15 @@ class GracefulMiddleware:
         if reply.wait_for_drain:
             self._wait_for_drain_delay()
         if self.lifecycle.phase.is_terminating:
-            start_response = self._closing(start_response)
+            start_response = self._closing(environ, start_response)
         start_response(_status_line(reply.status), _str_headers(reply))
         return [b"" if request.method == "HEAD" else reply.body]
 
-    def _closing(self, start_response: StartResponse) -> StartResponse:
+    def _closing(self, environ: Environ, start_response: StartResponse) -> StartResponse:
         """``start_response`` for a response after which the server closes the connection."""
         if not self._terminating[0]:
             self.lifecycle.poll()  # another process moved the phase: tell this process's listeners
-        return cast(StartResponse, closing_start_response(start_response))
+        return cast(StartResponse, closing_start_response(start_response, environ))
 
     def _wait_for_drain_delay(self) -> None:
         # Blocks one server thread until the delay is over (bounded: see drain_delay_left).
