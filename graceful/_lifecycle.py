@@ -12,8 +12,9 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from graceful._board import (
     IN_FLIGHT_MASK,
@@ -31,6 +32,14 @@ STATE_ENV = "GRACEFUL_STATE"
 
 Clock = Callable[[], float]
 Listener = Callable[[Phase, Phase], None]
+M = TypeVar("M")
+
+#: Where wrappers keep the app they wrap, in the order looked at: decorators made with
+#: ``functools.wraps`` (``__wrapped__``; first, as ``wraps`` also copies the wrapped object's
+#: ``__dict__``, so an ``app`` attribute there is the wrapped middleware's own inner app),
+#: Werkzeug/Starlette-style middlewares (``app``), Flask (``wsgi_app``), WhiteNoise and Django's
+#: static-files handlers (``application``).
+WRAPPED_ATTRIBUTES = ("__wrapped__", "app", "wsgi_app", "application")
 
 
 class Lifecycle:
@@ -75,6 +84,8 @@ class Lifecycle:
         self._child_slot: int | None = None
         #: Show each process's figures in ``snapshot`` (a multi-process server sets it).
         self.per_process_health = False
+        #: The middlewares built on this lifecycle, oldest first (weakly: see ``middleware_for``).
+        self._middlewares: list[weakref.ref[Any]] = []
         self._claim_slot()
         os.register_at_fork(after_in_child=self._claim_slot, after_in_parent=self._forget_child_slot)
 
@@ -142,6 +153,43 @@ class Lifecycle:
 
     def _forget_child_slot(self) -> None:
         self._child_slot = None
+
+    # -- middlewares ---------------------------------------------------------------------------
+
+    def register_middleware(self, middleware: object) -> None:
+        """Record a middleware built on this lifecycle (weakly), for ``middleware_for``."""
+        self._middlewares = [ref for ref in self._middlewares if ref() is not None]
+        self._middlewares.append(weakref.ref(middleware))
+
+    def middlewares(self, kind: type[M]) -> list[M]:
+        """The live middlewares of class ``kind`` built on this lifecycle, oldest first."""
+        live = (ref() for ref in self._middlewares)
+        return [m for m in live if m is not None and isinstance(m, kind)]
+
+    def middleware_for(self, app: object, kind: type[M], depth: int = 16) -> M | None:
+        """The middleware of class ``kind`` that serves ``app``, if the app is wrapped already.
+
+        1. The one found in the app's chain of wrappers (``WRAPPED_ATTRIBUTES``, ``depth`` deep):
+           it is certainly on the request path.
+        2. Else one built on this lifecycle: it is somewhere the walk cannot see (a closure, a
+           wrapper keeping the app under another name). If several were built, the newest: an app
+           factory run twice serves what it built last; the others start on their first request
+           if they serve at all. Logged, as it is a guess.
+        3. Else None: the app is not wrapped.
+        """
+        found = find_wrapped(app, kind, depth)
+        if found is not None:
+            return found
+        built = self.middlewares(kind)
+        if len(built) > 1:
+            logger.warning(
+                "graceful: %d %s.%s share this lifecycle and none is found in the app's wrappers; "
+                "taking the one built last",
+                len(built),
+                kind.__module__,
+                kind.__qualname__,
+            )
+        return built[-1] if built else None
 
     # -- phase ---------------------------------------------------------------------------------
 
@@ -330,6 +378,21 @@ class Lifecycle:
                 else {}
             ),
         }
+
+
+def find_wrapped(app: object, kind: type[M], depth: int = 16) -> M | None:
+    """The instance of ``kind`` in a chain of wrappers (``WRAPPED_ATTRIBUTES``), at most ``depth`` deep."""
+    for _ in range(depth):
+        if isinstance(app, kind):
+            return app
+        for name in WRAPPED_ATTRIBUTES:
+            inner = getattr(app, name, None)
+            if inner is not None and inner is not app:
+                app = inner
+                break
+        else:
+            return None
+    return None
 
 
 _default: Lifecycle | None = None

@@ -63,6 +63,9 @@ class GracefulMiddleware:
         self._runtime: AsyncRuntime | None = None
         self._admission: AdmissionControl | None = None
         self.control = ControlPlane(lifecycle, self.checks)
+        # So a server finds it however the app wraps it, and wraps no second one in front of it
+        # (Lifecycle.middleware_for, graceful.gunicorn.UvicornWorker).
+        lifecycle.register_middleware(self)
 
     def add_check(
         self,

@@ -44,15 +44,29 @@ __all__ = ["SingleThreadWorker", "ThreadWorker", "UvicornWorker"]
 
 def _wrap_wsgi(app: Any) -> Any:
     """The app wrapped in the middleware unless it is already, started (this is the worker)."""
-    from graceful.wsgi import GracefulMiddleware, find_middleware
+    from graceful.wsgi import GracefulMiddleware
 
-    middleware = find_middleware(app)
+    # Not only the app's own chain of wrappers: one a walk cannot see (a closure, a wrapper with
+    # another attribute name) would otherwise get a second middleware in front of it, without the
+    # user's checks, opening the gate at once and counting every request twice.
+    lifecycle = get_lifecycle()
+    middleware = lifecycle.middleware_for(app, GracefulMiddleware)
     if middleware is None:
-        app = middleware = GracefulMiddleware(app, lifecycle=get_lifecycle())
+        app = middleware = GracefulMiddleware(app, lifecycle=lifecycle)
     # The worker serves from now on: open the startup gate (or start its checks) without waiting
     # for a first request.
     middleware.server_started()
     return app
+
+
+def _wrap_asgi(app: Any) -> Any:
+    """The ASGI app wrapped in the middleware unless it is already (found as for WSGI, above)."""
+    from graceful.asgi import GracefulMiddleware
+
+    lifecycle = get_lifecycle()
+    if lifecycle.middleware_for(app, GracefulMiddleware) is None:
+        app = GracefulMiddleware(app, lifecycle=lifecycle)
+    return app  # uvicorn's lifespan startup (or the first request) starts it
 
 
 class _WSGIWorkerMixin:
@@ -253,13 +267,7 @@ class UvicornWorker(Worker):  # type: ignore[misc]
             server.force_exit = True
 
     async def _serve(self) -> None:
-        from graceful.asgi import GracefulMiddleware
-        from graceful.uvicorn import _find_middleware
-
-        app = self.wsgi  # gunicorn's name for the loaded app, ASGI here
-        if _find_middleware(app) is None:
-            app = GracefulMiddleware(app, lifecycle=get_lifecycle())
-        self.config.app = app
+        self.config.app = _wrap_asgi(self.wsgi)  # gunicorn's name for the loaded app, ASGI here
         server = self.server = _uvicorn_server_class()(config=self.config)
         self._install_loop_signals(server)
         await server.serve(sockets=self.sockets)

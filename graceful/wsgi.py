@@ -25,7 +25,7 @@ from graceful._admission import ThreadAdmissionControl
 from graceful._board import REQUEST_STARTED, TERMINATING_PHASE
 from graceful._checks import Check, CheckKind, Checks
 from graceful._control import ControlPlane, Reply, Request, shed_reply
-from graceful._lifecycle import Lifecycle, lifecycle_for
+from graceful._lifecycle import Lifecycle, find_wrapped, lifecycle_for
 from graceful._logging import install_probe_log_filter
 from graceful._runtime import AsyncRuntime, BackgroundRuntime
 from graceful._settings import Settings
@@ -68,6 +68,9 @@ class GracefulMiddleware:
     ``_GIL_MAKES_ADD_ATOMIC``). Dependency checks, the startup gate, warm-up and the HAProxy agent
     run on a background thread (``graceful._runtime.BackgroundRuntime``) once the server has
     started; admission control (``max_concurrency``) blocks a server thread while it waits.
+
+    Each middleware registers itself on its lifecycle, so gunicorn's worker classes find it
+    however it is wrapped and never stack a second one (``Lifecycle.middleware_for``).
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class GracefulMiddleware:
         # Until the server has started, every path is "special" (see _serve_special): one set
         # lookup on the hot path instead of a check for the gate and one for the paths.
         self._special_paths: frozenset[str] | _EveryPath = _EVERY_PATH
+        lifecycle.register_middleware(self)
 
     def add_check(
         self,
@@ -385,15 +389,12 @@ def _hook_close(result: Any, finish: Callable[[], None]) -> bool:
     return True
 
 
-def find_middleware(app: Any, depth: int = 16) -> GracefulMiddleware | None:
-    """The WSGI GracefulMiddleware somewhere in a chain of wrappers (``.app``, Flask's ``.wsgi_app``)."""
-    for _ in range(depth):
-        if isinstance(app, GracefulMiddleware):
-            return app
-        inner = getattr(app, "app", None)
-        if inner is None:
-            inner = getattr(app, "wsgi_app", None)
-        if inner is None or inner is app:
-            return None
-        app = inner
-    return None
+def find_middleware(
+    app: Any, depth: int = 16, *, lifecycle: Lifecycle | None = None
+) -> GracefulMiddleware | None:
+    """The WSGI GracefulMiddleware wrapping ``app``: found in its chain of wrappers (``.app``, Flask's
+    ``.wsgi_app``, WhiteNoise's ``.application``, ``__wrapped__``), else, given ``lifecycle``, the one
+    built on it (see ``Lifecycle.middleware_for``)."""
+    if lifecycle is None:
+        return find_wrapped(app, GracefulMiddleware, depth)
+    return lifecycle.middleware_for(app, GracefulMiddleware, depth)

@@ -6,6 +6,7 @@ served for the drain delay, then gunicorn's own graceful stop runs. Every wait i
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import socket
@@ -13,10 +14,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from graceful import Lifecycle, Phase, asgi, wsgi
+from graceful.gunicorn import _wrap_asgi, _wrap_wsgi
 from tests.conftest import free_port
 from tests.server_process import ServerProcess, wait_for
 
@@ -280,6 +284,69 @@ def test_app_is_wrapped_once(started: list[ServerProcess], kind: str) -> None:
     wait_for(lambda: health(server)["requests"] == expected, 2, "four more requests on the board")
     time.sleep(0.2)  # four ticks more: nothing may be counted twice
     assert health(server)["requests"] == expected
+
+
+# -- the worker finds the app's own middleware (in-process) -------------------------------------------
+
+
+class KeepsApplication:
+    """A wrapper that keeps the app as ``application``, as whitenoise.WhiteNoise does."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    def __call__(self, *args: Any) -> Any:
+        return self.application(*args)
+
+
+def wsgi_hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [])
+    return [b"hello"]
+
+
+def test_wsgi_worker_starts_the_apps_own_middleware_instead_of_stacking_one(lifecycle: Lifecycle) -> None:
+    """Behind WhiteNoise or a closure, the user's middleware is the one started: its startup check
+    holds the gate, and a request is counted once (a second middleware in front counted it twice and
+    opened the gate at once)."""
+    lifecycle.settings = lifecycle.settings.replace(check_interval=0.05)
+    db_up = threading.Event()
+    inner = wsgi.GracefulMiddleware(wsgi_hello, lifecycle=lifecycle)
+    inner.add_check("db", db_up.is_set, kind="startup")
+
+    def closure(environ: dict[str, Any], start_response: Any) -> Any:
+        return inner(environ, start_response)
+
+    try:
+        for app in (KeepsApplication(inner), closure):
+            assert _wrap_wsgi(app) is app
+        assert lifecycle.phase is Phase.STARTING
+        body = closure({"PATH_INFO": "/x", "REQUEST_METHOD": "GET"}, lambda *args: None)
+        assert (lifecycle.in_flight, lifecycle.snapshot()["requests"]) == (1, 1)
+        body.close()
+        assert lifecycle.in_flight == 0
+        db_up.set()
+        wait_for(lambda: lifecycle.phase is Phase.READY, 5, "the user's check to open the gate")
+    finally:
+        inner.stop()
+
+
+def test_uvicorn_worker_does_not_stack_a_second_asgi_middleware(lifecycle: Lifecycle) -> None:
+    """The ASGI worker finds the app's middleware the same ways; a plain app is wrapped."""
+
+    def wrapped_already() -> None:
+        inner = asgi.GracefulMiddleware(KeepsApplication(None), lifecycle=lifecycle)
+
+        async def closure(*args: Any) -> None:
+            await inner(*args)
+
+        for app in (KeepsApplication(inner), closure):
+            assert _wrap_asgi(app) is app
+
+    wrapped_already()
+    gc.collect()  # that middleware is gone: nothing is registered on the lifecycle any more
+    plain = KeepsApplication(None)
+    wrapped = _wrap_asgi(plain)
+    assert isinstance(wrapped, asgi.GracefulMiddleware) and wrapped.app is plain
 
 
 # -- warm-up and admission in the WSGI workers ---------------------------------------------------------

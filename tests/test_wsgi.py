@@ -7,6 +7,8 @@ test_gunicorn*.py.
 
 from __future__ import annotations
 
+import functools
+import gc
 import io
 import json
 import sys
@@ -311,3 +313,54 @@ def test_find_middleware_sees_flask_style_wiring(lifecycle: Lifecycle) -> None:
     flask_like.wsgi_app = GracefulMiddleware(hello, lifecycle=lifecycle)
     assert find_middleware(flask_like) is flask_like.wsgi_app
     assert find_middleware(hello) is None
+
+
+class WhiteNoiseLike:
+    """A wrapper that keeps the app as ``application``, as whitenoise.WhiteNoise does."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    def __call__(self, env: Environ, start_response: Any) -> Iterable[bytes]:
+        return self.application(env, start_response)  # type: ignore[no-any-return]
+
+
+def test_find_middleware_sees_whitenoise_and_decorators(lifecycle: Lifecycle) -> None:
+    """``application`` (WhiteNoise) and ``__wrapped__`` (functools.wraps) lead to the middleware too."""
+    middleware = GracefulMiddleware(hello, lifecycle=lifecycle)
+
+    @functools.wraps(middleware)  # also copies the middleware's __dict__: an ``app`` that is ``hello``
+    def decorated(env: Environ, start_response: Any) -> Iterable[bytes]:
+        return middleware(env, start_response)
+
+    assert find_middleware(WhiteNoiseLike(middleware)) is middleware
+    assert find_middleware(decorated) is middleware
+    assert find_middleware(WhiteNoiseLike(WhiteNoiseLike(decorated))) is middleware
+    assert find_middleware(WhiteNoiseLike(hello)) is None
+
+
+def test_find_middleware_asks_the_lifecycle_for_one_the_chain_hides(lifecycle: Lifecycle) -> None:
+    """A middleware behind a closure is found through the lifecycle it registered on; one in the chain wins."""
+    older = GracefulMiddleware(hello, lifecycle=lifecycle)
+    newer = GracefulMiddleware(hello, lifecycle=lifecycle)
+
+    def closure(env: Environ, start_response: Any) -> Iterable[bytes]:
+        return older(env, start_response)
+
+    assert find_middleware(closure) is None  # no lifecycle: only the walk
+    assert find_middleware(closure, lifecycle=lifecycle) is newer  # several, none seen: the newest
+    assert find_middleware(WhiteNoiseLike(older), lifecycle=lifecycle) is older
+    other = Lifecycle()
+    try:
+        assert find_middleware(closure, lifecycle=other) is None  # built on another lifecycle
+    finally:
+        other.close()
+
+
+def test_middlewares_are_registered_weakly(lifecycle: Lifecycle) -> None:
+    """A middleware that is gone is not kept alive, nor found, by its lifecycle."""
+    GracefulMiddleware(hello, lifecycle=lifecycle)
+    gc.collect()
+    assert lifecycle.middlewares(GracefulMiddleware) == []
+    kept = GracefulMiddleware(hello, lifecycle=lifecycle)
+    assert lifecycle.middlewares(GracefulMiddleware) == [kept]
