@@ -87,7 +87,7 @@ class Lifecycle:
         #: The middlewares built on this lifecycle, oldest first (weakly: see ``middleware_for``).
         self._middlewares: list[weakref.ref[Any]] = []
         self._claim_slot()
-        os.register_at_fork(after_in_child=self._claim_slot, after_in_parent=self._forget_child_slot)
+        os.register_at_fork(after_in_child=self._after_fork_in_child, after_in_parent=self._forget_child_slot)
 
     @classmethod
     def from_env(
@@ -105,6 +105,21 @@ class Lifecycle:
         if slots is not None:
             return cls(settings, board=StateBoard.create(slots=slots, now=clock()), clock=clock)
         return cls(settings, clock=clock)
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread lives on in the child (fork(2)): a lock another thread held at
+        # that moment stays held for ever. The WSGI runtime's thread takes the count lock every
+        # 50 ms (flush_traffic), so a child forked then would hang on its first /healthz.
+        self._count_lock = threading.Lock()
+        self.count_lock = self._count_lock
+        self._notify_lock = threading.Lock()
+        self._claim_slot()
+        # Then the middlewares (after the locks: they take the new count lock): their background
+        # thread did not survive the fork, so they must start afresh in the child.
+        for middleware in self.middlewares(object):
+            reset = getattr(middleware, "reset_after_fork", None)
+            if reset is not None:
+                reset()
 
     def _claim_slot(self) -> None:
         # Called again in a forked child: the child must not count into its parent's slot.
@@ -157,7 +172,11 @@ class Lifecycle:
     # -- middlewares ---------------------------------------------------------------------------
 
     def register_middleware(self, middleware: object) -> None:
-        """Record a middleware built on this lifecycle (weakly), for ``middleware_for``."""
+        """Record a middleware built on this lifecycle (weakly), for ``middleware_for`` and forks.
+
+        After a fork, each registered middleware that has a ``reset_after_fork()`` has it called in
+        the child (after this lifecycle's own reset).
+        """
         self._middlewares = [ref for ref in self._middlewares if ref() is not None]
         self._middlewares.append(weakref.ref(middleware))
 

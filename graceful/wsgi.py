@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http
 import logging
+import os
 import sys
 import threading
 import time
@@ -70,7 +71,9 @@ class GracefulMiddleware:
     started; admission control (``max_concurrency``) blocks a server thread while it waits.
 
     Each middleware registers itself on its lifecycle, so gunicorn's worker classes find it
-    however it is wrapped and never stack a second one (``Lifecycle.middleware_for``).
+    however it is wrapped and never stack a second one (``Lifecycle.middleware_for``). One started
+    before a fork (a warm-up request at import under ``gunicorn --preload``) starts afresh in the
+    child: see ``reset_after_fork``.
     """
 
     def __init__(
@@ -102,6 +105,8 @@ class GracefulMiddleware:
         self._guarded = self._lock is not None
         self._runtime: BackgroundRuntime | None = None
         self._starting = threading.Lock()
+        #: The process that started the background work (see server_started).
+        self._started_in: int | None = None
         # Until the server has started, every path is "special" (see _serve_special): one set
         # lookup on the hot path instead of a check for the gate and one for the paths.
         self._special_paths: frozenset[str] | _EveryPath = _EVERY_PATH
@@ -195,11 +200,15 @@ class GracefulMiddleware:
         """The server serves: set up from the settings, start the background work (idempotent).
 
         Called on the first request; gunicorn's graceful workers call it as soon as the worker has
-        loaded the app, so the startup gate and the checks do not wait for a first request.
+        loaded the app, so the startup gate and the checks do not wait for a first request. Once per
+        process: started before a fork, it starts again in the child (see ``reset_after_fork``).
         """
         with self._starting:
             if self._special_paths is not _EVERY_PATH:
-                return
+                if self._started_in == os.getpid():
+                    return
+                # Started in a parent by a fork that ran no at-fork hooks (one made in C).
+                self._forget_start()
             lifecycle = self.lifecycle
             settings = lifecycle.settings
             self.checks.default_timeout = settings.check_timeout
@@ -213,7 +222,31 @@ class GracefulMiddleware:
             # counts to the board and notices phase changes made by other processes.
             self._runtime = BackgroundRuntime(AsyncRuntime(lifecycle, self.checks, self._admission))
             self._runtime.start()
+            self._started_in = os.getpid()
             self._special_paths = self.control.paths
+
+    def reset_after_fork(self) -> None:
+        """In a forked child (the lifecycle calls it): back to "not started".
+
+        A thread does not survive a fork (fork(2)), so the parent's background work is gone: with
+        ``gunicorn --preload`` and an app that warms itself up at import (Flask's ``test_client()``),
+        the arbiter started it and no worker would run checks, move its counts to the board, end
+        the warm-up or wake queued requests. The next ``server_started()`` (the worker's) or first
+        request starts it afresh. Done here rather than by a pid check per request: the hot path
+        stays as it was (bench/overhead_wsgi.py).
+        """
+        self._starting = threading.Lock()  # another thread of the parent may have held it
+        self._forget_start()
+
+    def _forget_start(self) -> None:
+        # Admission starts empty: the parent's waiting threads and running requests are not ours.
+        self._runtime = None
+        self._started_in = None
+        self._admission = None
+        self._lock = None if _GIL_MAKES_ADD_ATOMIC else self.lifecycle.count_lock  # the child's lock
+        self._guarded = self._lock is not None
+        self.control = ControlPlane(self.lifecycle, self.checks)
+        self._special_paths = _EVERY_PATH
 
     def stop(self) -> None:
         """Stop the background thread (tests, embedding); a server's exit ends it anyway."""
