@@ -124,6 +124,11 @@ class _BoardLock:
         finally:
             self._thread_lock.release()
 
+    def reset_in_child(self) -> None:
+        """In a forked child: a fresh thread lock. Another thread of the parent may have held it
+        at the fork, and it does not live on to release it; the record lock is not inherited."""
+        self._thread_lock = _thread.allocate_lock()
+
 
 class StateBoard:
     """Shared phase, timestamps and per-process slots. Use ``create`` or ``attach``, not the constructor."""
@@ -201,6 +206,10 @@ class StateBoard:
         except BaseException:
             os.close(fd)
             raise
+
+    def reset_in_child(self) -> None:
+        """In a forked child, before any use: locks another thread of the parent held stay held."""
+        self._lock.reset_in_child()
 
     def close(self) -> None:
         """Unmap and close; the creator of a named board also removes its file."""

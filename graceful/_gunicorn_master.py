@@ -170,6 +170,7 @@ class _Master:
     # -- slots: given before fork, freed at reap -------------------------------------------------
 
     def spawn_worker(self) -> int | None:
+        self.stop_background_work()
         try:
             slot: int | None = self.lifecycle.reserve_child_slot()
         except BoardError as exc:  # more workers than slots (TTIN): serve anyway, uncounted
@@ -184,6 +185,20 @@ class _Master:
         if pid and slot is not None:
             self.slots[pid] = slot
         return pid
+
+    def stop_background_work(self) -> None:
+        """Stop WSGI middleware background threads running in the arbiter, before each fork.
+
+        The arbiter serves nothing, but an app that makes a request through itself while it loads
+        (``--preload`` and a warm-up with Flask's ``test_client()``) starts the middleware's
+        background thread here: it would run the checks and open the shared startup gate before any
+        worker serves, and a thread holding a lock at the fork leaves it held in the child. A no-op
+        once stopped; each worker starts its own (``GracefulMiddleware.reset_after_fork``).
+        """
+        from graceful.wsgi import GracefulMiddleware
+
+        for middleware in self.lifecycle.middlewares(GracefulMiddleware):
+            middleware.stop()
 
     def reap_workers(self) -> None:
         try:

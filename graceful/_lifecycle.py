@@ -113,6 +113,7 @@ class Lifecycle:
         self._count_lock = threading.Lock()
         self.count_lock = self._count_lock
         self._notify_lock = threading.Lock()
+        self.board.reset_in_child()  # its phase lock, for the same reason
         self._claim_slot()
         # Then the middlewares (after the locks: they take the new count lock): their background
         # thread did not survive the fork, so they must start afresh in the child.

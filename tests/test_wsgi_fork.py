@@ -94,7 +94,9 @@ def lifecycle() -> Iterator[Lifecycle]:
 
 
 @pytest.mark.parametrize("start", ["first request", "worker's server_started"])
-def test_middleware_started_before_a_fork_starts_afresh_in_the_child(lifecycle: Lifecycle, start: str) -> None:
+def test_middleware_started_before_a_fork_starts_afresh_in_the_child(
+    lifecycle: Lifecycle, start: str
+) -> None:
     """Warmed up in the parent, the middleware runs its own background work in the child: the
     child's checks run there, and its in-flight count reaches its board slot without a read."""
     checked_in: list[int] = []
@@ -115,7 +117,9 @@ def test_middleware_started_before_a_fork_starts_afresh_in_the_child(lifecycle: 
             _wrap_wsgi(middleware)  # what the gunicorn worker does after loading the app
             body = request(middleware, "/slow")
         # Nothing in this process reads the count: only the background thread moves it to the board.
-        flushed = poll(lambda: any(s.pid == os.getpid() and s.in_flight == 1 for s in lifecycle.board.read_slots()))
+        flushed = poll(
+            lambda: any(s.pid == os.getpid() and s.in_flight == 1 for s in lifecycle.board.read_slots())
+        )
         checked = poll(lambda: os.getpid() in checked_in)
         body.close()
         return {"flushed": flushed, "checked": checked, "in_flight": lifecycle.local_in_flight}
@@ -134,7 +138,10 @@ def test_fork_while_a_thread_holds_the_locks_leaves_the_child_usable(lifecycle: 
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with lifecycle.count_lock, middleware._starting, lifecycle._notify_lock:
+        # The board's thread lock only: its record lock (lockf) is not inherited, and held here it
+        # would rightly keep the child out.
+        board_thread_lock = lifecycle.board._lock._thread_lock
+        with lifecycle.count_lock, middleware._starting, lifecycle._notify_lock, board_thread_lock:
             held.set()
             release.wait(CHILD_TIMEOUT)
 
@@ -147,6 +154,7 @@ def test_fork_while_a_thread_holds_the_locks_leaves_the_child_usable(lifecycle: 
         body = request(middleware, "/healthz")
         served.extend(body)
         lifecycle.poll()
+        lifecycle.board.claim_drain_clock(os.getpid(), 1.0)  # takes the board's lock
         return {"health": json.loads(b"".join(served))["phase"], "started": middleware._runtime is not None}
 
     try:
@@ -192,20 +200,81 @@ def test_gunicorn_preload_with_a_warm_up_request_runs_the_work_in_each_worker(tm
     path = str(tmp_path / "board")
     board = StateBoard.create(path, slots=16, now=time.monotonic())
     argv = [
-        "env", f"GRACEFUL_STATE={path}",  # ServerProcess drops GRACEFUL_STATE from the environment
-        "{python}", "-m", "gunicorn", "-k", "graceful.gunicorn.ThreadWorker", "-w", "2", "--threads", "2",
-        "--preload", "-b", "127.0.0.1:{port}", "--no-control-socket", "tests.test_wsgi_fork:warmed_up_app()",
+        "env",
+        f"GRACEFUL_STATE={path}",  # ServerProcess drops GRACEFUL_STATE from the environment
+        "{python}",
+        "-m",
+        "gunicorn",
+        "-k",
+        "graceful.gunicorn.ThreadWorker",
+        "-w",
+        "2",
+        "--threads",
+        "2",
+        "--preload",
+        "-b",
+        "127.0.0.1:{port}",
+        "--no-control-socket",
+        "tests.test_wsgi_fork:warmed_up_app()",
     ]
     server = ServerProcess(argv, env={"GRACEFUL_CHECK_INTERVAL": "0.2"})
     slow: threading.Thread | None = None
     try:
         server.wait_ready()  # the gate opened: a worker ran the startup check
-        slow = threading.Thread(target=httpx.get, args=(server.url + "/slow?seconds=3",), kwargs={"timeout": 10})
+        slow = threading.Thread(
+            target=httpx.get, args=(server.url + "/slow?seconds=3",), kwargs={"timeout": 10}
+        )
         slow.start()
-        wait_for(lambda: sum(s.in_flight for s in board.read_slots()) == 1, 5, "the worker's count on the board")
+        wait_for(
+            lambda: sum(s.in_flight for s in board.read_slots()) == 1, 5, "the worker's count on the board"
+        )
         assert json.loads(server.get("/healthz").text)["in_flight"] == 1
     finally:
         server.close()
         if slow is not None:
             slow.join(10)
         board.close()
+
+
+def checked_in_the_arbiter_app() -> GracefulMiddleware:
+    """gunicorn app factory: the test app with a startup check that passes everywhere and appends
+    the pid it ran in to $GRACEFUL_TEST_CHECK_LOG, warmed up with a request at load time."""
+    log = os.environ["GRACEFUL_TEST_CHECK_LOG"]
+
+    def check() -> bool:
+        with open(log, "a") as file:
+            file.write(f"{os.getpid()}\n")
+        return True
+
+    middleware = GracefulMiddleware(test_wsgi_apps.app)
+    middleware.add_check("records-its-pid", check)
+    request(middleware, "/fast").close()
+    return middleware
+
+
+def test_gunicorn_preload_stops_the_arbiters_background_work(tmp_path: Path) -> None:
+    """After a warm-up request in the arbiter (--preload), the arbiter's background thread is stopped
+    before the workers are forked: the checks run in the workers only from then on."""
+    log = tmp_path / "checks"
+    log.touch()
+    argv = [
+        "{python}", "-m", "gunicorn", "-k", "graceful.gunicorn.ThreadWorker", "-w", "2", "--threads", "2",
+        "--preload", "-b", "127.0.0.1:{port}", "--no-control-socket",
+        "tests.test_wsgi_fork:checked_in_the_arbiter_app()",
+    ]  # fmt: skip
+    server = ServerProcess(argv, env={"GRACEFUL_CHECK_INTERVAL": "0.1", "GRACEFUL_TEST_CHECK_LOG": str(log)})
+    arbiter = server.process.pid
+    try:
+        server.wait_ready()
+
+        def pids() -> list[int]:
+            return [int(line) for line in log.read_text().split()]
+
+        # Ten runs in the workers take a second at 0.1 s intervals: a live arbiter thread would
+        # have run its checks several times meanwhile.
+        wait_for(lambda: sum(pid != arbiter for pid in pids()) >= 10, 10, "ten check runs in the workers")
+        runs = pids()
+        first_in_a_worker = next(index for index, pid in enumerate(runs) if pid != arbiter)
+        assert arbiter not in runs[first_in_a_worker:], runs
+    finally:
+        server.close()
