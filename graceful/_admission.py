@@ -76,6 +76,17 @@ class AdmissionBase(abc.ABC):
 
     # -- counts and figures --------------------------------------------------------------------------
 
+    def _decide(self, cap: int) -> Admission:
+        """Admit (counted as running), shed (counted as shed) or queue this request."""
+        decision = admission(
+            in_flight=self.running, cap=cap, queued=len(self._queue), queue_size=self.settings.queue_size
+        )
+        if decision is Admission.ADMIT:
+            self._enter()
+        elif decision is Admission.SHED:
+            self.shed += 1
+        return decision
+
     def _enter(self) -> None:
         self.running += 1
         if self.running > self.highest_running:
@@ -106,18 +117,9 @@ class AdmissionControl(AdmissionBase):
 
     async def acquire(self) -> bool:
         """Wait for a place. True: run the request (call ``release`` after). False: shed it."""
-        decision = admission(
-            in_flight=self.running,
-            cap=self.cap(),
-            queued=len(self._queue),
-            queue_size=self.settings.queue_size,
-        )
-        if decision is Admission.ADMIT:
-            self._enter()
-            return True
-        if decision is Admission.SHED:
-            self.shed += 1
-            return False
+        decision = self._decide(self.cap())
+        if decision is not Admission.QUEUE:
+            return decision is Admission.ADMIT
         loop = asyncio.get_running_loop()
         place: asyncio.Future[bool] = loop.create_future()
         self._queue.append(place)
@@ -182,18 +184,9 @@ class ThreadAdmissionControl(AdmissionBase):
         """Wait for a place. True: run the request (call ``release`` after). False: shed it."""
         cap = self.cap()  # outside the lock: it reads the board and the clock
         with self._lock:
-            decision = admission(
-                in_flight=self.running,
-                cap=cap,
-                queued=len(self._queue),
-                queue_size=self.settings.queue_size,
-            )
-            if decision is Admission.ADMIT:
-                self._enter()
-                return True
-            if decision is Admission.SHED:
-                self.shed += 1
-                return False
+            decision = self._decide(cap)
+            if decision is not Admission.QUEUE:
+                return decision is Admission.ADMIT
             waiter = _Waiter()
             self._queue.append(waiter)
             self._give_places(cap)  # the cap may have grown since the last release: serve the oldest now
