@@ -27,7 +27,10 @@ from tests.server_process import ServerProcess, wait_for
 pytestmark = pytest.mark.timeout(60)
 
 WORKERS = {
-    "thread": (["-k", "graceful.gunicorn.ThreadWorker", "-w", "2", "--threads", "4"], "tests.test_wsgi_apps:app"),
+    "thread": (
+        ["-k", "graceful.gunicorn.ThreadWorker", "-w", "2", "--threads", "4"],
+        "tests.test_wsgi_apps:app",
+    ),
     "uvicorn": (["-k", "graceful.gunicorn.UvicornWorker", "-w", "2"], "examples.starlette_app:app"),
     "single": (["-k", "graceful.gunicorn.SingleThreadWorker", "-w", "2"], "tests.test_wsgi_apps:app"),
 }
@@ -49,7 +52,9 @@ def started() -> Iterator[list[ServerProcess]]:
         server.close()
 
 
-def start(servers: list[ServerProcess], kind: str, *extra: str, delay: float = DELAY, **env: str) -> ServerProcess:
+def start(
+    servers: list[ServerProcess], kind: str, *extra: str, delay: float = DELAY, **env: str
+) -> ServerProcess:
     server = ServerProcess(gunicorn_argv(kind, *extra), env={"GRACEFUL_DRAIN_DELAY": f"{delay:g}", **env})
     servers.append(server)
     server.wait_ready()
@@ -128,7 +133,9 @@ def test_shutdown_in_one_worker_drains_the_whole_instance(started: list[ServerPr
     assert DELAY <= time.monotonic() - posted < DELAY + 3
 
 
-@pytest.mark.parametrize(("kind", "signum"), [("uvicorn", signal.SIGQUIT), ("uvicorn", signal.SIGINT), ("thread", signal.SIGQUIT)])
+@pytest.mark.parametrize(
+    ("kind", "signum"), [("uvicorn", signal.SIGQUIT), ("uvicorn", signal.SIGINT), ("thread", signal.SIGQUIT)]
+)
 def test_int_and_quit_exit_quickly(started: list[ServerProcess], kind: str, signum: signal.Signals) -> None:
     """INT/QUIT stop at once even with a long request in flight: no wait for graceful_timeout and no SIGKILL (uvicorn-worker #2)."""
     server = start(started, kind, "--graceful-timeout", "20")
@@ -141,7 +148,9 @@ def test_int_and_quit_exit_quickly(started: list[ServerProcess], kind: str, sign
 
 
 @pytest.mark.parametrize("kind", ["thread", "uvicorn"])
-def test_hup_reload_under_load_keeps_readiness_and_loses_nothing(started: list[ServerProcess], kind: str) -> None:
+def test_hup_reload_under_load_keeps_readiness_and_loses_nothing(
+    started: list[ServerProcess], kind: str
+) -> None:
     """SIGHUP replaces every worker: readiness stays 200 and no request fails meanwhile."""
     server = start(started, kind)
     old_pids = {entry["pid"] for entry in health(server)["per_process"]}  # type: ignore[attr-defined]
@@ -163,7 +172,10 @@ def test_hup_reload_under_load_keeps_readiness_and_loses_nothing(started: list[S
             else:
                 counts[key] += 1
 
-    threads = [threading.Thread(target=load, args=args, daemon=True) for args in [("/fast", "ok"), ("/fast", "ok"), ("/healthz/ready", "ready")]]
+    threads = [
+        threading.Thread(target=load, args=args, daemon=True)
+        for args in [("/fast", "ok"), ("/fast", "ok"), ("/healthz/ready", "ready")]
+    ]
     for thread in threads:
         thread.start()
     time.sleep(0.3)
@@ -233,7 +245,9 @@ def test_sigkilled_worker_in_flight_count_is_freed_at_reap(started: list[ServerP
 def test_unix_socket_keeps_serving_through_the_delay(started: list[ServerProcess], tmp_path: Path) -> None:
     """Bound to a UNIX socket, the master neither closes nor unlinks it until the drain delay is over."""
     path = tmp_path / "app.sock"
-    server = ServerProcess(gunicorn_argv("thread", bind=f"unix:{path}"), env={"GRACEFUL_DRAIN_DELAY": f"{DELAY:g}"})
+    server = ServerProcess(
+        gunicorn_argv("thread", bind=f"unix:{path}"), env={"GRACEFUL_DRAIN_DELAY": f"{DELAY:g}"}
+    )
     started.append(server)
     client = httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://app", timeout=5)
     with client:
@@ -260,7 +274,15 @@ def test_unix_socket_keeps_serving_through_the_delay(started: list[ServerProcess
 
 def test_under_graceful_run_the_master_adds_no_second_delay(started: list[ServerProcess]) -> None:
     """With GRACEFUL_STATE from the supervisor, the supervisor owns the clock: one delay in all, then a prompt stop."""
-    argv = ["{python}", "-m", "graceful.supervisor", "--drain-delay", f"{DELAY:g}", "--", *gunicorn_argv("uvicorn")]
+    argv = [
+        "{python}",
+        "-m",
+        "graceful.supervisor",
+        "--drain-delay",
+        f"{DELAY:g}",
+        "--",
+        *gunicorn_argv("uvicorn"),
+    ]
     server = ServerProcess(argv, env={"GRACEFUL_DRAIN_DELAY": f"{DELAY:g}"})
     started.append(server)
     server.wait_ready()
@@ -380,7 +402,9 @@ def test_wsgi_worker_starts_its_background_work_without_a_first_request(started:
 def test_wsgi_worker_caps_concurrency_across_its_threads(started: list[ServerProcess]) -> None:
     """GRACEFUL_MAX_CONCURRENCY=2 in one worker with 4 threads: 6 slow requests at once all succeed,
     and never more than 2 run in the app at once."""
-    server = start(started, "thread", "-w", "1", delay=0.5, GRACEFUL_MAX_CONCURRENCY="2", GRACEFUL_QUEUE_TIMEOUT="10")
+    server = start(
+        started, "thread", "-w", "1", delay=0.5, GRACEFUL_MAX_CONCURRENCY="2", GRACEFUL_QUEUE_TIMEOUT="10"
+    )
     results: list[int | str] = []
 
     def fetch() -> None:

@@ -22,6 +22,7 @@ from graceful import Lifecycle, Phase, Settings
 from graceful.wsgi import GracefulMiddleware
 from tests.conftest import free_port
 from tests.server_process import wait_for
+from tests.test_wsgi_servers import stop_waitress
 
 THREADS = 24  # more than any test sends at once: queued requests each hold a server thread
 
@@ -77,8 +78,7 @@ def serve() -> Iterator[Callable[..., Server]]:
 
     yield start
     for server, thread, middleware in started:
-        server.close()
-        thread.join(10)
+        stop_waitress(server, thread)
         middleware.stop()
         middleware.lifecycle.close()
 
@@ -147,7 +147,9 @@ def test_non_critical_check_shows_but_does_not_fail_readiness(serve: Callable[..
 
     server = serve(checks=(("search", search_down, "readiness", False),), check_interval=0.1)
     wait_for(lambda: server.status("/healthz/ready") == 200, 5, "ready")
-    wait_for(lambda: httpx.get(server.url + "/healthz").json()["checks"]["search"]["ok"] is False, 5, "a result")
+    wait_for(
+        lambda: httpx.get(server.url + "/healthz").json()["checks"]["search"]["ok"] is False, 5, "a result"
+    )
     detail = httpx.get(server.url + "/healthz").json()
     assert detail["ready"] is True
     assert detail["checks"]["search"]["error"] == "ConnectionError: search is down"
@@ -215,7 +217,9 @@ def test_probes_are_never_queued(serve: Callable[..., Server]) -> None:
 def test_in_flight_never_exceeds_the_ramping_cap(serve: Callable[..., Server]) -> None:
     """During a warm-up window under load, running requests never exceed the cap of that moment,
     the cap grows, and the instance turns READY when the window is over."""
-    server = serve(max_concurrency=8, warmup_window=4, warmup_min_share=0.125, queue_size=100, queue_timeout=10)
+    server = serve(
+        max_concurrency=8, warmup_window=4, warmup_min_share=0.125, queue_size=100, queue_timeout=10
+    )
     wait_for(lambda: server.status("/healthz/ready") == 200, 5, "ready (warming)")
     admission = server.middleware._admission
     assert admission is not None

@@ -26,7 +26,9 @@ TOKEN = "a-long-enough-token-123"
 Environ = dict[str, Any]
 
 
-def environ(path: str = "/", method: str = "GET", query: str = "", host: str = "127.0.0.1", **extra: Any) -> Environ:
+def environ(
+    path: str = "/", method: str = "GET", query: str = "", host: str = "127.0.0.1", **extra: Any
+) -> Environ:
     env: Environ = {
         "REQUEST_METHOD": method,
         "PATH_INFO": path,
@@ -50,7 +52,9 @@ class Served:
         self.headers: list[tuple[str, str]] = []
         self.body = b""
 
-    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
         self.status, self.headers = status, headers
         return lambda data: None
 
@@ -99,7 +103,9 @@ def test_probes_follow_the_phase(lifecycle: Lifecycle) -> None:
     assert serve(app, environ("/healthz/ready")).code == 200  # the first request opens the gate
     assert serve(app, environ("/healthz/startup")).code == 200
     lifecycle.begin_drain("test")
-    codes = [serve(app, environ(path)).code for path in ("/healthz/live", "/healthz/ready", "/healthz/startup")]
+    codes = [
+        serve(app, environ(path)).code for path in ("/healthz/live", "/healthz/ready", "/healthz/startup")
+    ]
     assert codes == [200, 503, 200]
     assert serve(app, environ("/")).body == b"hello"  # ordinary traffic is still served
 
@@ -131,7 +137,9 @@ def test_head_probe_has_no_body(lifecycle: Lifecycle) -> None:
         ("", None, 403),  # no REMOTE_ADDR (a UNIX socket): not loopback
     ],
 )
-def test_shutdown_is_authorised_from_remote_addr(lifecycle: Lifecycle, host: str, authorization: str | None, expected: int) -> None:
+def test_shutdown_is_authorised_from_remote_addr(
+    lifecycle: Lifecycle, host: str, authorization: str | None, expected: int
+) -> None:
     """POST /shutdown drains for loopback callers (REMOTE_ADDR) or the bearer token, else 403 and nothing changes."""
     lifecycle.settings = lifecycle.settings.replace(shutdown_token=TOKEN)
     app = GracefulMiddleware(hello, lifecycle=lifecycle)
@@ -170,7 +178,10 @@ def test_connection_close_while_draining(lifecycle: Lifecycle) -> None:
     assert serve(app, environ("/")).header("connection") == "keep-alive"
     lifecycle.begin_drain("test")
     served = serve(app, environ("/"))
-    assert [value for name, value in served.headers if name.lower() == "connection"] == ["keep-alive", "close"]
+    assert [value for name, value in served.headers if name.lower() == "connection"] == [
+        "keep-alive",
+        "close",
+    ]
 
 
 def test_gunicorn_response_is_asked_to_close_instead_of_a_header(lifecycle: Lifecycle) -> None:
@@ -184,7 +195,9 @@ def test_gunicorn_response_is_asked_to_close_instead_of_a_header(lifecycle: Life
         def force_close(self) -> None:
             self.closed = True
 
-        def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        def start_response(
+            self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], None]:
             self.headers = headers
             return lambda data: None
 

@@ -40,7 +40,9 @@ def app(env: Environ, start_response: StartResponse) -> Iterable[bytes]:
         handle = tempfile.TemporaryFile()  # noqa: SIM115 - the server closes it via file_wrapper.close()
         handle.write(_FILE_BODY)
         handle.seek(0)
-        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(_FILE_BODY)))])
+        start_response(
+            "200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(_FILE_BODY)))]
+        )
         return env["wsgi.file_wrapper"](handle, 8192)  # type: ignore[no-any-return]
     body = f"{path} from {os.getpid()}\n".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])

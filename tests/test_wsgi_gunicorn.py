@@ -20,8 +20,19 @@ pytestmark = pytest.mark.timeout(60)
 def server() -> Iterator[ServerProcess]:
     """One gunicorn with two threaded graceful workers serving the plain (unwrapped) test WSGI app."""
     argv = [
-        "{python}", "-m", "gunicorn", "-k", "graceful.gunicorn.ThreadWorker", "-w", "2", "--threads", "4",
-        "-b", "127.0.0.1:{port}", "--no-control-socket", "tests.test_wsgi_apps:app",
+        "{python}",
+        "-m",
+        "gunicorn",
+        "-k",
+        "graceful.gunicorn.ThreadWorker",
+        "-w",
+        "2",
+        "--threads",
+        "4",
+        "-b",
+        "127.0.0.1:{port}",
+        "--no-control-socket",
+        "tests.test_wsgi_apps:app",
     ]
     running = ServerProcess(argv, env={"GRACEFUL_DRAIN_DELAY": "0"})
     try:
@@ -38,7 +49,11 @@ def figures(server: ServerProcess) -> dict[str, int]:
 
 def settled(server: ServerProcess, requests: int) -> None:
     """Wait (bounded) until nothing is in flight and exactly ``requests`` were counted."""
-    wait_for(lambda: figures(server) == {"in_flight": 0, "requests": requests}, 5, f"in_flight 0 and {requests} requests")
+    wait_for(
+        lambda: figures(server) == {"in_flight": 0, "requests": requests},
+        5,
+        f"in_flight 0 and {requests} requests",
+    )
 
 
 def test_streamed_response_counts_until_its_last_chunk(server: ServerProcess) -> None:
@@ -84,5 +99,7 @@ def test_client_that_goes_away_mid_stream_leaves_the_count_exact(server: ServerP
         while b"\n3\n" not in received and time.monotonic() < deadline:
             received += sock.recv(4096)
         wait_for(lambda: figures(server)["in_flight"] == 1, 2, "the stream to be in flight")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+        )  # RST on close
     settled(server, before + 1)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import waitress
 import werkzeug.serving
+from waitress import wasyncore
 
 from graceful import Lifecycle, Settings
 from graceful.wsgi import GracefulMiddleware
@@ -41,6 +42,14 @@ def crashing(environ: Environ, start_response: Any) -> list[bytes]:
         return [b"failed"]
 
 
+def stop_waitress(server: Any, thread: threading.Thread) -> None:
+    """Stop a waitress server running in ``thread``: its sockets are closed from its own loop (a
+    close from another thread races the loop's select, which then fails with EBADF)."""
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # the map empties: run() returns
+    thread.join(5)
+    server.task_dispatcher.shutdown()
+
+
 @contextmanager
 def waitress_server(app: Any) -> Iterator[int]:
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=2)
@@ -49,8 +58,7 @@ def waitress_server(app: Any) -> Iterator[int]:
     try:
         yield server.effective_port
     finally:
-        server.close()
-        thread.join(5)
+        stop_waitress(server, thread)
 
 
 @contextmanager
@@ -150,7 +158,11 @@ def test_waitress_keeps_connections_alive_until_the_drain(lifecycle: Lifecycle) 
         sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")  # the same connection, now draining
         response = http.client.HTTPResponse(sock)
         response.begin()
-        assert (response.status, response.getheader("Connection"), response.read()) == (200, "close", b"hello")
+        assert (response.status, response.getheader("Connection"), response.read()) == (
+            200,
+            "close",
+            b"hello",
+        )
         assert sock.recv(1) == b""
 
 
