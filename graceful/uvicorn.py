@@ -28,23 +28,12 @@ from typing import Any
 
 import uvicorn
 
-from graceful._lifecycle import Lifecycle, get_lifecycle
+from graceful._lifecycle import Lifecycle, find_wrapped, get_lifecycle
 from graceful._phase import Phase
 from graceful._settings import Settings, SettingsError
 from graceful.asgi import GracefulMiddleware
 
 __all__ = ["GracefulServer", "main", "run"]
-
-
-def _find_middleware(app: Any, depth: int = 16) -> GracefulMiddleware | None:
-    """The GracefulMiddleware somewhere in a chain of ``.app`` wrappers (uvicorn adds a few)."""
-    for _ in range(depth):
-        if isinstance(app, GracefulMiddleware):
-            return app
-        app = getattr(app, "app", None)
-        if app is None:
-            return None
-    return None
 
 
 class GracefulServer(uvicorn.Server):
@@ -77,7 +66,8 @@ class GracefulServer(uvicorn.Server):
             lifecycle.mark_stopped()
 
     def _adopt_middleware(self, config: uvicorn.Config) -> Lifecycle:
-        middleware = _find_middleware(config.loaded_app)
+        # uvicorn's own wrappers (proxy headers, message logger) keep the app in ``.app``.
+        middleware = find_wrapped(config.loaded_app, GracefulMiddleware)
         if middleware is None:
             # The app is not wrapped: wrap it, outermost, so /shutdown sees the real peer address.
             lifecycle = get_lifecycle()
