@@ -33,15 +33,19 @@ drain (each also a GRACEFUL_* variable):
   --drain-signal SIG    the signal that starts the drain (GRACEFUL_DRAIN_SIGNAL, default TERM)
   --cleanup-timeout S   when the child exits, seconds the rest of its group gets between SIGTERM and
                         SIGKILL (GRACEFUL_CLEANUP_TIMEOUT, default 2)
+  --leave-survivors     when the child exits, send the rest of its group SIGTERM and exit at once,
+                        as dumb-init does (GRACEFUL_LEAVE_SURVIVORS=1)
   --state-dir DIR       where the state board file goes (GRACEFUL_STATE_DIR, default /dev/shm)
   --poll-interval S     how often the board is read for a drain started by /shutdown
                         (GRACEFUL_POLL_INTERVAL, default 0.025)
 dumb-init / tini compatible:
   -r, --rewrite S:R     send signal S on as R; R=0 drops S; repeatable (GRACEFUL_REWRITE="S:R,...")
-  -c, --single-child    signal only the child, not its process group (GRACEFUL_SINGLE_CHILD=1)
-  -s, --subreaper       reap orphans when not PID 1 (the default; GRACEFUL_SUBREAPER=0 or
-                        --no-subreaper turns it off)
-  -g                    signal the child's process group (the default; accepted for tini)
+  -c, --single-child    signal only the child, not its process group (GRACEFUL_SINGLE_CHILD=1;
+                        dumb-init's DUMB_INIT_SETSID=0 too)
+  -s, --subreaper       reap orphans when not PID 1 (the default; so is tini's TINI_SUBREAPER;
+                        GRACEFUL_SUBREAPER=0 or --no-subreaper turns it off)
+  -g                    signal the child's process group (the default, as tini -g; wins over
+                        DUMB_INIT_SETSID=0 and GRACEFUL_SINGLE_CHILD=1)
   -e, --expect-exit N   exit 0 when the child's status is N; repeatable (GRACEFUL_EXPECT_EXIT="N,...")
   -p, --pdeath-signal SIG  get SIG when graceful-run's parent dies (GRACEFUL_PDEATH_SIGNAL)
   -v, --verbose         more output; repeatable (GRACEFUL_VERBOSITY=0..3, default 1)
@@ -63,6 +67,7 @@ _VALUED = {
     "--poll-interval": "poll_interval",
 }
 _SWITCHES = {
+    "--leave-survivors": "leave_survivors",
     "-c": "single_child",
     "--single-child": "single_child",
     "-s": "subreaper",
@@ -102,6 +107,7 @@ class Options:
         "drain_signal",
         "drain_timeout",
         "expect_exit",
+        "leave_survivors",
         "pdeath_signal",
         "poll_interval",
         "rewrites",
@@ -119,6 +125,7 @@ class Options:
         drain_timeout: float = 25.0,
         drain_signal: int = signal.SIGTERM,
         cleanup_timeout: float = 2.0,
+        leave_survivors: bool = False,
         poll_interval: float = 0.025,
         state_dir: str | None = None,
         rewrites: list[tuple[int, int]] | None = None,
@@ -135,6 +142,7 @@ class Options:
         self.drain_timeout = check_seconds("drain_timeout", drain_timeout)
         self.drain_signal = int(drain_signal)
         self.cleanup_timeout = check_seconds("cleanup_timeout", cleanup_timeout)
+        self.leave_survivors = leave_survivors
         if not 0.001 <= poll_interval <= 1.0:
             raise PolicyError(f"poll_interval={poll_interval!r} is out of range; allowed: 0.001 to 1 seconds")
         self.poll_interval = poll_interval
@@ -154,17 +162,32 @@ class Options:
 
 
 def parse_args(argv: list[str], environ: Mapping[str, str] | None = None) -> Options:
-    """Options from ``GRACEFUL_*`` variables, then the command line (which wins)."""
+    """Options from the variables of the tools we replace, then ``GRACEFUL_*``, then the command
+    line: each later source wins over the earlier ones."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
     rewrites: list[tuple[int, int]] = []
     expect: set[int] = set()
     try:
+        _read_foreign_env(env, values)
         _read_env(env, values, rewrites, expect)
         command = _read_argv(argv, values, rewrites, expect)
         return Options(command=command, rewrites=rewrites, expect_exit=frozenset(expect), **values)  # type: ignore[arg-type]
     except PolicyError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _read_foreign_env(env: Mapping[str, str], values: dict[str, object]) -> None:
+    """The switches dumb-init and tini read, so an image that sets them keeps its meaning.
+
+    dumb-init.c (parse_command): only the exact value "0" of DUMB_INIT_SETSID turns setsid off,
+    which makes it signal the child alone (what -c does); anything else leaves the default.
+    tini.c (parse_env): TINI_SUBREAPER set to any value, even empty, means ``-s``.
+    """
+    if env.get("DUMB_INIT_SETSID") == "0":
+        values["single_child"] = True
+    if "TINI_SUBREAPER" in env:
+        values["subreaper"] = True
 
 
 def _read_env(
@@ -178,7 +201,7 @@ def _read_env(
         raw = env.get("GRACEFUL_" + field.upper())
         if raw is not None and raw.strip():
             values[field] = signal_number(raw, field="GRACEFUL_" + field.upper())
-    for field in ("single_child", "subreaper"):
+    for field in ("single_child", "subreaper", "leave_survivors"):
         raw = env.get("GRACEFUL_" + field.upper())
         if raw is not None and raw.strip():
             values[field] = _parse_bool("GRACEFUL_" + field.upper(), raw)
@@ -248,7 +271,9 @@ def _switch(field: str, values: dict[str, object]) -> int:
         return 1
     if field == "no_subreaper":
         values["subreaper"] = False
-    elif field != "group":
+    elif field == "group":  # explicit, so it wins over DUMB_INIT_SETSID=0 or GRACEFUL_SINGLE_CHILD=1
+        values["single_child"] = False
+    else:
         values[field] = True
     return 0
 

@@ -25,7 +25,9 @@ import sys
 import time
 
 from graceful._board import StateBoard
+from graceful._board_file import board_directory, create_board, sweep_stale
 from graceful._phase import Phase
+from graceful._process import SpawnError, set_parent_death_signal, set_subreaper, spawn, stopped_in_group
 from graceful._signals import (
     JOB_CONTROL_STOPS,
     exit_status,
@@ -35,16 +37,12 @@ from graceful._signals import (
     rewrite,
     rewrite_table,
     signal_name,
-    spawn_failure_status,
     wait_timeout,
 )
 from graceful._supervisor_cli import USAGE, Exit, Options, UsageError, parse_args
 
 # graceful._lifecycle.STATE_ENV; not imported from there: that module pulls in asyncio.
 STATE_ENV = "GRACEFUL_STATE"
-# prctl(2) options, from <linux/prctl.h>.
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
 # After SIGKILL, how long the group may take to disappear before we stop waiting (bounded loops).
 KILL_GRACE = 2.0
 
@@ -61,74 +59,6 @@ class Log:
                 os.write(2, f"graceful-run: {message}\n".encode(errors="replace"))
             except OSError:  # stderr closed or a broken pipe: never die of a log line
                 pass
-
-
-class SpawnError(Exception):
-    """The command could not be run; ``status`` is 126 or 127 (POSIX shell conventions)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def spawn(command: list[str], env: dict[str, str], *, new_session: bool) -> int:
-    """Start the child; returns its pid. It starts clean: no blocked signal, default dispositions.
-
-    Python ignores SIGPIPE and SIGXFSZ at start-up, and the supervisor blocks every signal it waits
-    for; ignored dispositions and the mask both survive execve(2), so a plain exec would hand them
-    to the app (a Go or C server that never sees SIGPIPE; a shell whose `trap` cannot fire).
-    posix_spawn resets both in the child before the exec (posix_spawnattr_setsigdefault/setsigmask).
-    glibc's posix_spawn reports exec failures (ENOENT, EACCES) to the parent as an error.
-    """
-    try:
-        return os.posix_spawnp(
-            command[0],
-            command,
-            env,
-            setsid=new_session,
-            setsigmask=(),
-            setsigdef=forwardable_signals() | {signal.SIGCHLD},
-        )
-    except OSError as exc:
-        status = spawn_failure_status(exc.errno or 0)
-        raise SpawnError(status, f"cannot run {command[0]!r}: {exc.strerror}") from None
-
-
-def set_subreaper() -> bool:
-    """Adopt orphans of our descendants although we are not PID 1 (prctl(2), Linux >= 3.4).
-
-    Under tini or ``docker run --init`` we are not PID 1: without this, orphans of the app go to
-    tini, and "nobody left behind" in our group could not be checked (tini -s does the same).
-    """
-    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
-
-
-def set_parent_death_signal(signum: int, parent: int) -> None:
-    """tini's ``-p``: get ``signum`` when our parent dies; if it already died, send it now.
-
-    The prctl setting only covers a death after the call (prctl(2), PR_SET_PDEATHSIG), hence the check.
-    """
-    _prctl(PR_SET_PDEATHSIG, signum)
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signum)
-
-
-def _prctl(option: int, value: int) -> bool:
-    import ctypes  # only here: ctypes costs ~1 MB, and PID 1 with no -p never needs it
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    return int(libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0)) == 0
-
-
-def create_board(options: Options, now: float) -> StateBoard:
-    """The state board on tmpfs (/dev/shm), so reading the phase never touches a disk."""
-    directory = options.state_dir
-    if directory is None:
-        shm = "/dev/shm"
-        writable = os.path.isdir(shm) and os.access(shm, os.W_OK)
-        directory = shm if writable else os.environ.get("TMPDIR", "/tmp")
-    path = os.path.join(directory, f"graceful-run-{os.getpid()}-{os.urandom(4).hex()}.board")
-    return StateBoard.create(path, now=now)
 
 
 class Supervisor:
@@ -289,11 +219,13 @@ class Supervisor:
         tini and dumb-init exit when the main child exits and leave the rest to the kernel (which
         kills a PID namespace's processes only when its PID 1 exits); daemons double-forked by a
         start script would otherwise be cut without a TERM, or outlive us when we are not PID 1.
+        ``--leave-survivors`` does what dumb-init does: TERM, then exit at once.
         """
         self.reap_zombies()
         if not self.group_alive():
             return
-        if self.kill_at is not None:
+        leave = self.options.leave_survivors
+        if self.kill_at is not None and not leave:
             # A stop is in progress and the group already got the stop signal: the main child may be
             # a wrapper (`sh -c "...; uvicorn"`) that died of it at once while the server is still
             # finishing in-flight requests. They get what is left of the drain timeout, not less.
@@ -302,14 +234,34 @@ class Supervisor:
                 return
         else:
             grace = self.options.cleanup_timeout
-            self.log(1, f"child exited; sending SIGTERM to the rest of its group (SIGKILL in {grace:g} s)")
-            for signum in (signal.SIGTERM, signal.SIGCONT):  # CONT: a stopped process cannot act on TERM
-                self.send(signum)
-            if self._wait_group_gone(time.monotonic() + grace):
+            term = rewrite(signal.SIGTERM, self.rewrites)  # dumb-init: its -r applies here too
+            then = "and leaving it (--leave-survivors)" if leave else f"(SIGKILL in {grace:g} s)"
+            self.log(1, f"child exited; sending {signal_name(term)} to the rest of its group {then}")
+            if term:
+                self.send(term)
+                self.continue_stopped()
+            if leave or self._wait_group_gone(time.monotonic() + grace):
                 return
         self.log(1, "group still running after the cleanup timeout: sending SIGKILL")
         self.send(signal.SIGKILL)
         self._wait_group_gone(time.monotonic() + KILL_GRACE)
+
+    def continue_stopped(self) -> None:
+        """SIGCONT to the members of the group that are stopped, and to no other.
+
+        A stopped process keeps the TERM pending until it is continued (signal(7)); once continued,
+        the kernel delivers pending standard signals lowest number first, so it sees TERM before
+        CONT. A running one has no use for CONT, and sending it to all would hand every handler a
+        CONT right behind the TERM: dumb-init sends TERM alone on this path (dumb-init.c,
+        handle_signal, "send SIGTERM to any remaining children"), and its test suite checks that the
+        first signal a survivor sees is TERM. A process stopped after this look gets SIGKILL at the
+        cleanup timeout, which works on stopped processes too.
+        """
+        for pid in stopped_in_group(self.child):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
     def _wait_group_gone(self, deadline: float) -> bool:
         chld = {signal.SIGCHLD}
@@ -336,10 +288,14 @@ def run(options: Options) -> int:
         log(1, "warning: cannot become a subreaper; orphans go to PID 1")
     if options.pdeath_signal:
         set_parent_death_signal(options.pdeath_signal, parent)
+    directory = board_directory(options.state_dir)
+    removed = sweep_stale(directory)
+    if removed:
+        log(1, f"removed {len(removed)} state board file(s) left by killed runs in {directory}")
     try:
-        board = create_board(options, time.monotonic())
+        board, hold = create_board(directory, time.monotonic())
     except OSError as exc:
-        log(0, f"cannot create the state board in {options.state_dir or '/dev/shm'}: {exc.strerror}")
+        log(0, f"cannot create the state board in {directory}: {exc.strerror or exc}")
         return 1
     try:
         # Every process computes the same deadline from the board (graceful._lifecycle.drain_delay).
@@ -352,9 +308,16 @@ def run(options: Options) -> int:
             log(0, str(exc))
             return exc.status
         log(2, f"started {options.command[0]!r} as pid {child}")
+        # dumb-init (chdir after the fork): keep no hold on the start directory, so its file
+        # system can be unmounted; the child keeps its own. Every path we use is absolute.
+        try:
+            os.chdir("/")
+        except OSError:
+            pass
         return Supervisor(options, board, child, log).run()
     finally:
         board.close()
+        os.close(hold)
 
 
 def main(argv: list[str] | None = None) -> int:

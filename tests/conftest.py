@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,17 @@ from graceful import Lifecycle, Settings
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def runs() -> Iterator[list[Any]]:
+    """graceful-run processes a test started (tests.test_supervisor.Run): killed if still running."""
+    made: list[Any] = []
+    yield made
+    for run in made:
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait(5)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -32,15 +31,25 @@ class Run:
     """graceful-run started (by default inside ``unshare``), with its output in files."""
 
     def __init__(
-        self, tmp: Path, argv: list[str], *, namespace: bool = True, prefix: list[str] | None = None
+        self,
+        tmp: Path,
+        argv: list[str],
+        *,
+        namespace: bool = True,
+        prefix: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        stdin: int | None = None,
     ):
+        tmp.mkdir(parents=True, exist_ok=True)
         self.out_path, self.err_path = tmp / "out.txt", tmp / "err.txt"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("GRACEFUL_STATE", None)
+        environ = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for inherited in ("GRACEFUL_STATE", "DUMB_INIT_SETSID", "TINI_SUBREAPER"):
+            environ.pop(inherited, None)
+        environ.update(env or {})
         outer = (UNSHARE if namespace else []) + (prefix or [])
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
             self.process = subprocess.Popen(
-                [*outer, *SUPERVISOR, *argv], cwd=ROOT, env=env, stdout=out, stderr=err
+                [*outer, *SUPERVISOR, *argv], cwd=ROOT, env=environ, stdout=out, stderr=err, stdin=stdin
             )
         self.host_pid = self.process.pid  # without a namespace: the supervisor (or tini) itself
         if outer:
@@ -73,22 +82,18 @@ class Run:
     def ready_pids(self, count: int) -> list[int]:
         return [int(pid) for pid in self.wait_out(r"^ready (\d+)", count=count)]
 
+    def release(self) -> None:
+        """Send a line to the child's stdin (a ``read`` in its shell returns) and close it."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"go\n")
+        self.process.stdin.close()
+
     def wait(self, timeout: float = 10.0) -> int:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise AssertionError(f"still running after {timeout}s:\n{self.out()}\n{self.err()}") from None
-
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Iterator[list[Run]]:
-    made: list[Run] = []
-    yield made
-    for run in made:
-        if run.process.poll() is None:
-            run.process.kill()
-            run.process.wait(5)
 
 
 def start(runs: list[Run], tmp_path: Path, argv: list[str], **kwargs: object) -> Run:
