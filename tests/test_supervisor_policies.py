@@ -149,6 +149,35 @@ def test_cli_environment_and_precedence() -> None:
 
 
 @pytest.mark.parametrize(
+    ("argv", "env", "single_child", "subreaper"),
+    [
+        (["true"], {"DUMB_INIT_SETSID": "0"}, True, True),
+        (["true"], {"DUMB_INIT_SETSID": "1"}, False, True),
+        (["true"], {"DUMB_INIT_SETSID": "no"}, False, True),  # dumb-init: only "0" turns setsid off
+        (["-g", "true"], {"DUMB_INIT_SETSID": "0"}, False, True),  # a flag wins over any variable
+        (["true"], {"DUMB_INIT_SETSID": "0", "GRACEFUL_SINGLE_CHILD": "0"}, False, True),  # ours win
+        (["true"], {"TINI_SUBREAPER": ""}, False, True),  # tini: set to anything, even empty
+        (["true"], {"TINI_SUBREAPER": "1", "GRACEFUL_SUBREAPER": "0"}, False, False),
+        (["-s", "true"], {"GRACEFUL_SUBREAPER": "0"}, False, True),
+        (["--no-subreaper", "true"], {"TINI_SUBREAPER": "1"}, False, False),
+    ],
+)
+def test_cli_switches_of_the_tools_we_replace(
+    argv: list[str], env: dict[str, str], single_child: bool, subreaper: bool
+) -> None:
+    """DUMB_INIT_SETSID=0 and TINI_SUBREAPER keep their meaning; GRACEFUL_* wins over them, flags over all."""
+    options = parse_args(argv, env)
+    assert (options.single_child, options.subreaper) == (single_child, subreaper)
+
+
+def test_cli_leave_survivors() -> None:
+    """--leave-survivors (dumb-init's exit: TERM the rest, do not wait) as a flag or a variable."""
+    assert not parse_args(["true"], {}).leave_survivors
+    assert parse_args(["--leave-survivors", "true"], {}).leave_survivors
+    assert parse_args(["true"], {"GRACEFUL_LEAVE_SURVIVORS": "1"}).leave_survivors
+
+
+@pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
         ([], {}, "no COMMAND given"),
