@@ -45,6 +45,69 @@ def spawn(command: list[str], env: dict[str, str], *, new_session: bool) -> int:
         raise SpawnError(status, f"cannot run {command[0]!r}: {exc.strerror}") from None
 
 
+def release_terminal() -> bool:
+    """dumb-init's terminal hand-off, first half: give up our controlling terminal for the child.
+
+    Only a session's leader can pass its terminal on (``docker run -it``: PID 1 leads the session
+    with the terminal; a fresh pty): the child, leader of a new session, takes a terminal with
+    TIOCSCTTY only if no other session holds it (tty_ioctl(4)). Run from a shell, graceful-run
+    leads no session and the terminal stays the shell's: nothing to do, False.
+
+    TIOCNOTTY by a session leader sends SIGHUP and SIGCONT to the terminal's foreground group,
+    which is ours (tty_ioctl(4), TIOCNOTTY). They arrive blocked, so they are taken off the queue
+    here, not forwarded: a SIGHUP passed on would end the child it is meant for (dumb-init #136,
+    which ignores the first of each for the same reason).
+    """
+    try:
+        if os.getsid(0) != os.getpid() or os.tcgetpgrp(0) < 0:
+            return False
+        import fcntl
+        import termios  # only here: most containers have no terminal
+
+        fcntl.ioctl(0, termios.TIOCNOTTY)
+    except OSError:  # stdin is no terminal, or not our controlling one
+        return False
+    for hand_off in (signal.SIGHUP, signal.SIGCONT):
+        signal.sigtimedwait({hand_off}, 0)
+    return True
+
+
+def spawn_with_terminal(command: list[str], env: dict[str, str]) -> int:
+    """``spawn`` in a new session that takes stdin as its controlling terminal (after
+    ``release_terminal``), so an interactive shell in it has job control, as under dumb-init.
+
+    posix_spawn cannot run the ioctl in the child, so this forks; the child resets what posix_spawn
+    would (dispositions, mask) and reports a failed exec through a close-on-exec pipe, as
+    subprocess does. Only taken with a terminal: the cost of a fork never falls on a container.
+    """
+    import fcntl
+    import termios
+
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: only async-signal-safe work until exec, and never return
+        try:
+            os.close(read_end)
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            for signum in forwardable_signals() | {signal.SIGCHLD}:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            os.execvpe(command[0], command, env)
+        except OSError as exc:
+            os.write(write_end, (exc.errno or 0).to_bytes(4, "little"))
+        finally:
+            os._exit(127)
+    os.close(write_end)
+    failed = os.read(read_end, 4)
+    os.close(read_end)
+    if not failed:
+        return pid
+    os.waitpid(pid, 0)
+    error = int.from_bytes(failed, "little")
+    raise SpawnError(spawn_failure_status(error), f"cannot run {command[0]!r}: {os.strerror(error)}")
+
+
 def set_subreaper() -> bool:
     """Adopt orphans of our descendants although we are not PID 1 (prctl(2), Linux >= 3.4).
 
@@ -96,4 +159,12 @@ def stopped_in_group(pgid: int) -> list[int]:
     return found
 
 
-__all__ = ["SpawnError", "set_parent_death_signal", "set_subreaper", "spawn", "stopped_in_group"]
+__all__ = [
+    "SpawnError",
+    "release_terminal",
+    "set_parent_death_signal",
+    "set_subreaper",
+    "spawn",
+    "spawn_with_terminal",
+    "stopped_in_group",
+]

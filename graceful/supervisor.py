@@ -27,7 +27,15 @@ import time
 from graceful._board import StateBoard
 from graceful._board_file import board_directory, create_board, sweep_stale
 from graceful._phase import Phase
-from graceful._process import SpawnError, set_parent_death_signal, set_subreaper, spawn, stopped_in_group
+from graceful._process import (
+    SpawnError,
+    release_terminal,
+    set_parent_death_signal,
+    set_subreaper,
+    spawn,
+    spawn_with_terminal,
+    stopped_in_group,
+)
 from graceful._signals import (
     JOB_CONTROL_STOPS,
     exit_status,
@@ -303,7 +311,11 @@ def run(options: Options) -> int:
         env = dict(os.environ)
         env[STATE_ENV] = str(board.path)
         try:
-            child = spawn(options.command, env, new_session=not options.single_child)
+            if not options.single_child and release_terminal():
+                log(2, "handing the terminal to the child (its hand-off SIGHUP and SIGCONT dropped)")
+                child = spawn_with_terminal(options.command, env)
+            else:
+                child = spawn(options.command, env, new_session=not options.single_child)
         except SpawnError as exc:
             log(0, str(exc))
             return exc.status

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
+import termios
+import time
 from pathlib import Path
 
 from tests.server_process import wait_for
-from tests.test_supervisor import CHILD, ROOT, Run, pytestmark, start  # noqa: F401 (the skip mark)
+from tests.test_supervisor import CHILD, ROOT, SUPERVISOR, Run, pytestmark, start  # noqa: F401 (the skip mark)
 
 HELPER = " ".join(CHILD)
 
@@ -130,3 +134,56 @@ def test_supervisor_keeps_no_hold_on_its_start_directory(runs: list[Run], tmp_pa
     run = start(runs, tmp_path, ["sh", "-c", "readlink /proc/$PPID/cwd; readlink /proc/$$/cwd"])
     assert run.wait() == 0
     assert run.out().splitlines() == ["/", str(ROOT)]
+
+
+def on_a_terminal(argv: list[str], typed: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
+    """Run graceful-run as the session leader of a new pty (``docker run -it``); returns its exit
+    status and everything it and its child wrote there."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the forked test process becomes graceful-run at once
+        os.execvpe(SUPERVISOR[0], [*SUPERVISOR, *argv], {**os.environ, "PYTHONUNBUFFERED": "1"})
+    attrs = termios.tcgetattr(fd)
+    attrs[3] &= ~termios.ECHO  # what the shell prints, not what we typed
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    os.write(fd, typed)
+    output, deadline = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
+            if not ready:
+                break
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the other side is closed (pty(7))
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(fd)
+    while time.monotonic() < deadline + 5:  # the terminal closes a moment before the exit
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), output
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"still running after {timeout}s: {output!r}")
+
+
+def test_child_gets_the_terminal_and_job_control(tmp_path: Path) -> None:
+    """Leading the terminal's session, graceful-run hands the terminal to the child's new session:
+    an interactive shell has job control (dumb-init's test_child_gets_controlling_tty_if_we_had_one)."""
+    status, output = on_a_terminal(["bash", "--norc", "-m"], b'echo "flags are: [[$-]]"\nexit 0\n')
+    assert status == 0, output
+    flags = re.search(rb"flags are: \[\[([a-zA-Z]+)\]\]", output)
+    assert flags is not None and b"m" in flags.group(1), output
+
+
+def test_terminal_hand_off_signals_are_not_forwarded(tmp_path: Path) -> None:
+    """Giving up the terminal sends SIGHUP and SIGCONT to our own group; neither reaches the child,
+    which would die of the HUP (dumb-init #136); a SIGHUP sent later is forwarded as usual."""
+    status, output = on_a_terminal(["-vv", "sh", "-c", "sleep 0.3; echo alive"], b"")
+    assert status == 0, output
+    assert b"alive" in output and b"handing the terminal to the child" in output
+    assert b"forwarding SIGHUP" not in output and b"forwarding SIGCONT" not in output
