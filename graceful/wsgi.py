@@ -28,6 +28,7 @@ from graceful._checks import Check, CheckKind, Checks
 from graceful._control import ControlPlane, Reply, Request, shed_reply
 from graceful._lifecycle import Lifecycle, find_wrapped, lifecycle_for
 from graceful._logging import install_probe_log_filter
+from graceful._policies import is_forwarded
 from graceful._runtime import AsyncRuntime, BackgroundRuntime
 from graceful._settings import Settings
 from graceful._wsgi_close import closing_start_response
@@ -263,6 +264,10 @@ class GracefulMiddleware:
             query=environ.get("QUERY_STRING", ""),
             authorization=environ.get("HTTP_AUTHORIZATION"),
             client_host=environ.get("REMOTE_ADDR") or None,
+            server_host=_local_address(environ),
+            # gunicorn's PROXY protocol support puts the proxy's address in PROXY_ADDR.
+            forwarded="PROXY_ADDR" in environ
+            or is_forwarded(key[5:].replace("_", "-") for key in environ if key.startswith("HTTP_")),
         )
         reply = self.control.answer(request)
         if reply.wait_for_drain:
@@ -397,6 +402,25 @@ class _EveryPath:
 
 
 _EVERY_PATH = _EveryPath()
+
+
+def _local_address(environ: Environ) -> str | None:
+    """The connection's local address, or None where the server does not expose it.
+
+    Not SERVER_NAME (PEP 3333 takes it from the Host header or the server's name: gunicorn puts the
+    listener's address there, 0.0.0.0 when bound to all, or the Host header on a UNIX socket;
+    waitress "waitress.invalid"; wsgiref socket.getfqdn()), nor SERVER_ADDR, which those servers do
+    not set. gunicorn hands the connection's socket over as ``gunicorn.socket``: its getsockname()
+    is the truth. A socket that cannot say gives "" (not loopback: refused, never trusted).
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return None
+    try:
+        name = sock.getsockname()
+    except (OSError, AttributeError):
+        return ""
+    return str(name[0]) if isinstance(name, tuple) else ""
 
 
 def _is_file_wrapper(result: object, environ: Environ) -> bool:

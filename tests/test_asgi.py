@@ -29,10 +29,11 @@ async def hello(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
     await send({"type": "http.response.body", "body": b"hello"})
 
 
-def client_for(lifecycle: Lifecycle, host: str = "127.0.0.1") -> httpx.AsyncClient:
+def client_for(lifecycle: Lifecycle, host: str = "127.0.0.1", server: str = "127.0.0.1") -> httpx.AsyncClient:
     app = GracefulMiddleware(hello, lifecycle=lifecycle)
     transport = httpx.ASGITransport(app=app, client=(host, 40000))
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+    # The URL host becomes scope["server"]: a loopback address, as uvicorn reports a local connection.
+    return httpx.AsyncClient(transport=transport, base_url=f"http://{server}")
 
 
 def make_lifecycle(**settings: object) -> Lifecycle:
@@ -147,6 +148,55 @@ async def test_shutdown_from_loopback_and_its_switches() -> None:
         assert (await client.get("/shutdown")).status_code == 202
         assert get_allowed.board.drains == 1
     get_allowed.close()
+
+
+# What Envoy's HTTP connection manager adds with its default config (seen with envoy 1.40).
+ENVOY_HEADERS = {
+    "x-forwarded-proto": "http",
+    "x-request-id": "5b0c",
+    "x-envoy-expected-rq-timeout-ms": "15000",
+}
+
+
+@pytest.mark.parametrize(
+    ("host", "server", "headers"),
+    [
+        ("127.0.0.1", "127.0.0.1", ENVOY_HEADERS),  # an HTTP sidecar connecting to loopback
+        ("127.0.0.1", "127.0.0.1", {"x-real-ip": "203.0.113.7"}),  # nginx's usual config
+        ("127.0.0.1", "127.0.0.1", {"forwarded": "for=203.0.113.7"}),
+        ("127.0.0.6", "10.1.2.3", {}),  # Istio's inbound passthrough (L4) to the pod IP
+    ],
+)
+async def test_shutdown_through_a_local_proxy_is_refused(
+    host: str, server: str, headers: dict[str, str]
+) -> None:
+    """A loopback peer is not trusted when the request shows a proxy or arrived on the pod IP:
+    403, readiness unchanged, and /healthz without check detail; the token still works."""
+    lifecycle = make_lifecycle(shutdown_token=TOKEN)
+    transport = httpx.ASGITransport(app=GracefulMiddleware(hello, lifecycle=lifecycle), client=(host, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{server}", headers=headers) as client:
+        assert (await client.get("/healthz/ready")).status_code == 200
+        assert (await client.post("/shutdown")).status_code == 403
+        assert "checks" not in (await client.get("/healthz")).json()
+        assert (await client.get("/healthz/ready")).status_code == 200
+        assert lifecycle.phase is Phase.READY and lifecycle.board.drains == 0
+        with_token = await client.get("/healthz", headers={"authorization": f"Bearer {TOKEN}"})
+        assert "checks" in with_token.json()
+        assert (
+            await client.post("/shutdown", headers={"authorization": f"Bearer {TOKEN}"})
+        ).status_code == 202
+    lifecycle.close()
+
+
+async def test_direct_loopback_caller_sees_check_detail() -> None:
+    """The preStop shape (curl on the pod's loopback, no proxy header) is trusted: detail shown."""
+    lifecycle = make_lifecycle()
+    app = GracefulMiddleware(hello, lifecycle=lifecycle)
+    app.add_check("secret-db", lambda: True, critical=False)
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        assert "secret-db" in (await client.get("/healthz")).json()["checks"]
+    lifecycle.close()
 
 
 async def test_shutdown_wait_holds_until_the_drain_delay_is_over() -> None:

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import ipaddress
 
-from graceful._policies import bearer_token, is_loopback, may_shutdown, query_flag
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from graceful._policies import (
+    PROXY_HEADERS,
+    bearer_token,
+    is_direct_local,
+    is_forwarded,
+    is_loopback,
+    may_shutdown,
+    query_flag,
+)
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -58,13 +70,126 @@ def test_bearer_token(header: str | None, expected: str | None) -> None:
 def test_may_shutdown(
     client: str | None, authorization: str | None, token: str | None, trust_loopback: bool, allowed: bool
 ) -> None:
-    """/shutdown is refused to everyone but loopback callers and holders of the configured token."""
+    """/shutdown is refused to everyone but direct loopback callers and holders of the configured token."""
     assert (
         may_shutdown(
-            client_host=client, authorization=authorization, token=token, trust_loopback=trust_loopback
+            client_host=client,
+            server_host=client,
+            forwarded=False,
+            authorization=authorization,
+            token=token,
+            trust_loopback=trust_loopback,
         )
         is allowed
     )
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        # Envoy's HTTP connection manager, default config (seen with envoy 1.40)
+        (
+            [
+                "host",
+                "user-agent",
+                "accept",
+                "x-forwarded-proto",
+                "x-request-id",
+                "x-envoy-expected-rq-timeout-ms",
+            ],
+            True,
+        ),
+        (["x-forwarded-proto"], True),  # Envoy with suppress_envoy_headers and no request id
+        (["x-envoy-external-address"], True),  # Envoy with use_remote_address
+        (["X-Forwarded-For"], True),  # HAProxy option forwardfor, nginx's usual config
+        (["X-Real-IP"], True),  # nginx's usual config
+        (["Forwarded"], True),  # RFC 7239 (HAProxy option forwarded)
+        (["Via"], True),  # RFC 9110 7.6.3
+        (["x-forwarded-client-cert"], True),  # Istio with mTLS
+        (["x-request-id"], True),  # Envoy, ingress-nginx
+        (["host", "user-agent", "accept"], False),  # curl in a preStop exec hook
+        (["host", "user-agent", "accept-encoding", "connection"], False),  # the kubelet's httpGet
+        (["host", "connection", "user-agent", "accept"], False),  # nginx's default proxy_pass: no sign
+        (["authorization", "content-length", "x-forwarded"], False),  # only the listed names and prefixes
+        ([], False),
+    ],
+)
+def test_is_forwarded(names: list[str], expected: bool) -> None:
+    """A header that a proxy adds marks the request as forwarded; what direct callers send does not."""
+    assert is_forwarded(names) is expected
+
+
+@pytest.mark.parametrize(
+    ("client", "server", "forwarded", "expected"),
+    [
+        ("127.0.0.1", "127.0.0.1", False, True),  # curl localhost:PORT in the pod
+        ("::1", "::1", False, True),
+        ("::ffff:127.0.0.1", "::ffff:127.0.0.1", False, True),  # dual-stack listener
+        ("127.0.0.1", None, False, True),  # the server does not say (waitress, wsgiref)
+        ("127.0.0.1", "0.0.0.0", False, True),  # a server reporting its listener: does not say either
+        ("127.0.0.1", "::", False, True),
+        ("127.0.0.6", "10.1.2.3", False, False),  # Istio inbound passthrough (L4): to the pod IP
+        ("127.0.0.1", "192.0.2.2", False, False),
+        ("127.0.0.1", "127.0.0.1", True, False),  # an HTTP proxy on this host, connecting to loopback
+        ("127.0.0.1", "/run/app.sock", False, False),  # a UNIX socket path is no loopback address
+        ("127.0.0.1", "", False, False),  # a socket that could not say: refused
+        ("127.0.0.1", "testserver", False, False),  # a name, not an address
+        ("10.0.0.9", "127.0.0.1", False, False),
+        (None, None, False, False),
+    ],
+)
+def test_is_direct_local(client: str | None, server: str | None, forwarded: bool, expected: bool) -> None:
+    """Direct local = loopback peer, no proxy header, and arrived on loopback where the server says."""
+    assert is_direct_local(client_host=client, server_host=server, forwarded=forwarded) is expected
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_unspecified
+
+
+addresses = st.one_of(
+    st.none(),
+    st.ip_addresses().map(str),
+    st.sampled_from(
+        ["127.0.0.1", "127.0.0.6", "::1", "0.0.0.0", "::ffff:0.0.0.0", "localhost", "", "/tmp/s.sock"]
+    ),
+)
+
+
+@given(
+    client=addresses,
+    server=addresses,
+    names=st.lists(
+        st.sampled_from([*PROXY_HEADERS, "x-forwarded-host", "x-envoy-attempt-count"]), min_size=1
+    ),
+    others=st.lists(st.sampled_from(["host", "accept", "user-agent", "content-length"])),
+    trust_loopback=st.booleans(),
+)
+def test_forwarded_requests_need_the_token(
+    client: str | None, server: str | None, names: list[str], others: list[str], trust_loopback: bool
+) -> None:
+    """Whatever the addresses, a request with a proxy header is trusted with the token and only then."""
+    forwarded = is_forwarded([*others, *names])
+    common = {"client_host": client, "server_host": server, "forwarded": forwarded, "token": TOKEN}
+    assert forwarded
+    assert not may_shutdown(**common, authorization=None, trust_loopback=trust_loopback)
+    assert may_shutdown(**common, authorization=f"Bearer {TOKEN}", trust_loopback=trust_loopback)
+
+
+@given(client=addresses, server=addresses)
+def test_a_non_loopback_end_is_never_trusted_without_the_token(
+    client: str | None, server: str | None
+) -> None:
+    """Either end off loopback (an address that is not unspecified) means: not a direct local caller."""
+    trusted = is_direct_local(client_host=client, server_host=server, forwarded=False)
+    server_says_other = server is not None and not is_loopback(server) and not _unspecified(server)
+    if not is_loopback(client) or server_says_other:
+        assert not trusted
 
 
 @pytest.mark.parametrize(

@@ -149,6 +149,52 @@ def test_shutdown_is_authorised_from_remote_addr(
     assert lifecycle.phase.is_terminating is (expected == 202)
 
 
+class _Socket:
+    """Stands in for ``environ["gunicorn.socket"]``: only its getsockname() is read."""
+
+    def __init__(self, name: object) -> None:
+        self.name = name
+
+    def getsockname(self) -> object:
+        if isinstance(self.name, OSError):
+            raise self.name
+        return self.name
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, 202),  # curl on the pod's loopback (waitress, wsgiref: no local address, headers only)
+        ({"gunicorn.socket": _Socket(("127.0.0.1", 8000))}, 202),
+        (
+            {"gunicorn.socket": _Socket(("10.1.2.3", 8000))},
+            403,
+        ),  # arrived on the pod IP (Istio's L4 passthrough)
+        ({"gunicorn.socket": _Socket(OSError(9, "bad file descriptor"))}, 403),  # cannot say: refused
+        ({"gunicorn.socket": _Socket("/run/app.sock")}, 403),
+        ({"SERVER_NAME": "0.0.0.0", "SERVER_ADDR": "10.1.2.3"}, 202),  # neither is read
+        ({"HTTP_X_FORWARDED_PROTO": "http", "HTTP_X_REQUEST_ID": "5b0c"}, 403),  # Envoy's defaults
+        ({"HTTP_X_FORWARDED_FOR": "203.0.113.7"}, 403),
+        ({"HTTP_X_REAL_IP": "203.0.113.7"}, 403),
+        ({"HTTP_VIA": "1.1 proxy"}, 403),
+        (
+            {"PROXY_PROTOCOL": "PROXY4", "PROXY_ADDR": "127.0.0.1", "REMOTE_ADDR": "127.0.0.1"},
+            403,
+        ),  # gunicorn --proxy-protocol
+    ],
+)
+def test_shutdown_from_loopback_through_a_proxy_is_refused(
+    lifecycle: Lifecycle, extra: dict[str, Any], expected: int
+) -> None:
+    """A loopback REMOTE_ADDR is trusted only without proxy headers and, under gunicorn, on a loopback socket;
+    refused requests change nothing and /healthz shows no check detail."""
+    app = GracefulMiddleware(hello, lifecycle=lifecycle)
+    detail = serve(app, environ("/healthz", **extra))
+    assert ("checks" in json.loads(detail.body)) is (expected == 202)
+    assert serve(app, environ("/shutdown", method="POST", **extra)).code == expected
+    assert lifecycle.phase.is_terminating is (expected == 202)
+
+
 def test_shutdown_get_is_refused_unless_allowed(lifecycle: Lifecycle) -> None:
     """GET /shutdown is 405 by default (a stray GET must not drain) and 202 with shutdown_allow_get."""
     app = GracefulMiddleware(hello, lifecycle=lifecycle)

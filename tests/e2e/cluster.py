@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 import shutil
 import signal
@@ -504,6 +505,21 @@ class Cluster:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
+#: Balancers by name (``cluster(balancer=...)``, ``Scenario.balancer``) as "module:class", imported
+#: when chosen: their modules import this one. Each has Balancer's interface.
+BALANCERS = {
+    "haproxy": "tests.e2e.cluster:Balancer",
+    "envoy": "tests.e2e.envoy:EnvoyBalancer",
+}
+
+
+def balancer_class(name: str) -> type[Balancer]:
+    if name not in BALANCERS:
+        raise ValueError(f"balancer={name!r}: choose one of {', '.join(sorted(BALANCERS))}")
+    module, _, attribute = BALANCERS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)  # type: ignore[no-any-return]
+
+
 @contextlib.contextmanager
 def cluster(
     *,
@@ -513,10 +529,11 @@ def cluster(
     slots: int = 8,
     keep_dir: bool = False,
     server_options: Mapping[str, str] | None = None,
+    balancer: str = "haproxy",
 ) -> Iterator[Cluster]:
     """A balancer and a kubelet in a temporary directory; everything is killed on the way out."""
     workdir = Path(tempfile.mkdtemp(prefix="graceful-e2e-"))
-    balancer = Balancer(workdir, slots, server_options=server_options)
+    balancer = balancer_class(balancer)(workdir, slots, server_options=server_options)
     kubelet: Cluster | None = None
     try:
         balancer.start()
@@ -546,6 +563,7 @@ class Scenario:
     drain_delay: float = 0.0  # what the pods are configured with (for the exit-time bound)
     settle_seconds: float = 2.0  # load after the last old pod exited
     load: LoadConfig = field(default_factory=LoadConfig)
+    balancer: str = "haproxy"  # a name in BALANCERS
 
 
 @dataclass
@@ -621,7 +639,11 @@ def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
     """Start N pods behind the balancer, put them under load, replace each in turn, report."""
     began = time.monotonic()
     with cluster(
-        lag=scenario.lag, probe_period=scenario.probe_period, grace=scenario.grace, keep_dir=keep_dir
+        lag=scenario.lag,
+        probe_period=scenario.probe_period,
+        grace=scenario.grace,
+        keep_dir=keep_dir,
+        balancer=scenario.balancer,
     ) as kube:
         load: Load | None = None
         result: LoadResult | None = None
