@@ -504,9 +504,14 @@ class Cluster:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
+#: Balancers ``cluster(balancer=...)`` can stand up (HAProxy as kube-proxy; L7 ones join here).
+BALANCERS = ("haproxy",)
+
+
 @contextlib.contextmanager
 def cluster(
     *,
+    balancer: str = "haproxy",
     lag: float = 2.0,
     probe_period: float = 0.3,
     grace: float = 30.0,
@@ -515,17 +520,19 @@ def cluster(
     server_options: Mapping[str, str] | None = None,
 ) -> Iterator[Cluster]:
     """A balancer and a kubelet in a temporary directory; everything is killed on the way out."""
+    if balancer not in BALANCERS:
+        raise ValueError(f"balancer={balancer!r} is not known; allowed: {', '.join(BALANCERS)}")
     workdir = Path(tempfile.mkdtemp(prefix="graceful-e2e-"))
-    balancer = Balancer(workdir, slots, server_options=server_options)
+    front = Balancer(workdir, slots, server_options=server_options)
     kubelet: Cluster | None = None
     try:
-        balancer.start()
-        kubelet = Cluster(workdir, balancer, lag=lag, probe_period=probe_period, grace=grace)
+        front.start()
+        kubelet = Cluster(workdir, front, lag=lag, probe_period=probe_period, grace=grace)
         yield kubelet
     finally:
         if kubelet is not None:
             kubelet.close()
-        balancer.stop()
+        front.stop()
         if not keep_dir:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -546,6 +553,7 @@ class Scenario:
     drain_delay: float = 0.0  # what the pods are configured with (for the exit-time bound)
     settle_seconds: float = 2.0  # load after the last old pod exited
     load: LoadConfig = field(default_factory=LoadConfig)
+    balancer: str = "haproxy"  # one of BALANCERS
 
 
 @dataclass
@@ -557,6 +565,9 @@ class PodReport:
     pre_stop: str
     pre_stop_seconds: float | None
     log_tail: str
+    # Seconds from the deletion to the endpoint's removal at the balancer (the lag, plus however
+    # late the harness was: on a starved machine a removal can land after the listener closed).
+    removal_seconds: float | None = None
 
 
 @dataclass
@@ -567,6 +578,9 @@ class RolloutReport:
     seconds: float
     errors: list[str]
     haproxy_tail: str = ""
+    # Each old pod's deletion, endpoint removal, SIGTERM and exit, in seconds since the load began
+    # (the zero of the failure samples' t=), to put a rare failure beside what happened then.
+    timeline: list[str] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -621,7 +635,11 @@ def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
     """Start N pods behind the balancer, put them under load, replace each in turn, report."""
     began = time.monotonic()
     with cluster(
-        lag=scenario.lag, probe_period=scenario.probe_period, grace=scenario.grace, keep_dir=keep_dir
+        balancer=scenario.balancer,
+        lag=scenario.lag,
+        probe_period=scenario.probe_period,
+        grace=scenario.grace,
+        keep_dir=keep_dir,
     ) as kube:
         load: Load | None = None
         result: LoadResult | None = None
@@ -654,12 +672,18 @@ def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
                     pre_stop=pod.pre_stop_result,
                     pre_stop_seconds=pod.pre_stop_seconds,
                     log_tail=pod.log_tail(),
+                    removal_seconds=(
+                        None
+                        if pod.removed_at is None or pod.deleted_at is None
+                        else pod.removed_at - pod.deleted_at
+                    ),
                 )
                 for pod in kube.pods
                 if pod.deleted_at is not None
             ]
             errors = list(kube.errors)
             haproxy_tail = _tail(kube.balancer.log_path)
+            timeline = _timeline(kube.pods, load.started if load is not None else began)
     return RolloutReport(
         scenario=scenario.name,
         load=result or LoadResult(),
@@ -667,7 +691,26 @@ def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
         seconds=time.monotonic() - began,
         errors=errors,
         haproxy_tail=haproxy_tail,
+        timeline=timeline,
     )
+
+
+def _timeline(pods: Sequence[Pod], zero: float) -> list[str]:
+    """``pod: deleted t=.. removed t=.. SIGTERM t=.. exited t=..`` for every deleted pod."""
+    lines = []
+    for pod in pods:
+        if pod.deleted_at is None:
+            continue
+        events = [
+            ("deleted", pod.deleted_at),
+            ("removed", pod.removed_at),
+            ("SIGTERM", pod.sigterm_at),
+            ("exited", pod.exited_at),
+        ]
+        lines.append(
+            f"{pod.name}: " + " ".join(f"{name} t={at - zero:.2f}" for name, at in events if at is not None)
+        )
+    return lines
 
 
 # -- pod templates ---------------------------------------------------------------------------------
