@@ -92,6 +92,7 @@ class Totals:
     overruns: int = 0
     overrun_requests: int = 0
     overrun_failures: Counter[str] = field(default_factory=Counter)
+    aborted: list[str] = field(default_factory=list)  # rollouts the harness could not set up
 
     @property
     def failed(self) -> int:
@@ -143,6 +144,7 @@ class Totals:
             f"  failures by kind: {failures}",
             f"  wrk: {self.wrk_requests:,} responses; errors {wrk}",
             f"  pods SIGKILLed {self.sigkills}, harness errors {len(self.harness_errors)}",
+            f"  aborted by the harness (no pod ready in time): {len(self.aborted)}",
             f"  not counted: {self.overruns} rollouts whose endpoint removal came after the listener "
             f"closed ({self.overrun_requests:,} requests, failures "
             f"{', '.join(f'{k}={v}' for k, v in sorted(self.overrun_failures.items())) or '0'})",
@@ -216,8 +218,13 @@ def main(argv: list[str] | None = None) -> int:
                 load=LoadConfig(wrk=args.wrk, websocket=2 if websockets else 0),
                 balancer=args.balancer,
             )
-            report = run_rollout(scenario)
             shape = totals[name]
+            try:
+                report = run_rollout(scenario)
+            except RuntimeError as exc:  # the harness could not set the rollout up (a starved machine)
+                shape.aborted.append(f"{exc}".splitlines()[0])
+                print(f"  {name}: rollout aborted by the harness: {shape.aborted[-1]}", flush=True)
+                continue
             overruns = shape.overruns
             shape.add(report, args.drain_delay, args.samples)
             note = " (removal after the listener closed: not counted)" if shape.overruns > overruns else ""
