@@ -758,14 +758,16 @@ def gunicorn_spec(
 ) -> PodSpec:
     """gunicorn as PID 1, or as the child of ``graceful-run`` (``supervised``) with the drain delay.
 
-    ``worker`` is the worker class then its options (``GUNICORN_THREAD`` ...). Keep-alive is 5 s as
-    uvicorn's default (gunicorn's is 2 s, below the idle clients' gaps: every idle client would race
-    the server's idle close, with or without a rollout). No control socket: pods share one $HOME.
+    ``worker`` is the worker class then its options (``GUNICORN_THREAD`` ...). graceful's classes run
+    with graceful's keep-alive default (75 s), as users get them. The stock baselines get 5 s as
+    uvicorn's default: gunicorn's 2 s is below the idle clients' gaps, and every idle client would
+    race the server's idle close, with or without a rollout. No control socket: pods share one $HOME.
     """
     worker_class, *options = worker
+    keep_alive = [] if worker_class.startswith("graceful.") else ["--keep-alive", "5"]
     argv = [
         "python", "-m", "gunicorn", "-k", worker_class, *options, "-b", f"{LOCALHOST}:{{port}}",
-        "--keep-alive", "5", "--no-control-socket", app,
+        *keep_alive, "--no-control-socket", app,
     ]  # fmt: skip
     environment = {} if drain_delay is None else {"GRACEFUL_DRAIN_DELAY": f"{drain_delay:g}"}
     if supervised:
