@@ -9,13 +9,14 @@ response.
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, wait_for
 from tests.test_gunicorn import gunicorn_argv
 from tests.test_uvicorn_integration import GRACEFUL_UVICORN
 
@@ -119,3 +120,34 @@ def test_gunicorns_own_keep_alive_wins(started: list[ServerProcess], kind: str) 
     server = start(started, gunicorn_argv(kind, "--keep-alive", "1"), GRACEFUL_KEEP_ALIVE="6")
     closed = idle_close_seconds(server, limit=9)
     assert closed is not None and 0.8 <= closed <= 2.5, closed
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [GRACEFUL_UVICORN, gunicorn_argv("uvicorn"), gunicorn_argv("thread")],
+    ids=["graceful.uvicorn", "gunicorn-uvicorn-worker", "gunicorn-thread-worker"],
+)
+def test_request_on_an_idle_connection_as_the_stop_begins_is_answered(
+    started: list[ServerProcess], argv: list[str]
+) -> None:
+    """Once the listener is closed, a request on a kept-alive connection is still answered, with
+    Connection: close, during the linger: not cut as uvicorn's own shutdown would cut it."""
+    server = start(started, argv)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(REQUEST)
+        read_response(sock)  # the connection is now idle, between two requests
+        server.signal(signal.SIGTERM)  # drain delay 0: the stop begins at once
+        wait_for(lambda: refused(server.port), 5, "the listener to close")
+        sock.sendall(REQUEST)
+        head = read_response(sock)
+        assert b"connection: close" in head.lower(), head
+        assert sock.recv(1) == b"", "the server closes after answering"
+    assert server.wait_exit(10) == 0
