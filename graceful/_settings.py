@@ -95,6 +95,14 @@ class Settings:
     #: Under plain ``uvicorn app:app``, let the middleware take over uvicorn's SIGTERM handler so the
     #: drain delay applies without ``graceful.uvicorn`` (see docs/uvicorn.md).
     chain_server_signals: bool = True
+    #: Seconds an idle keep-alive connection stays open, applied by ``graceful.uvicorn`` and the
+    #: gunicorn worker classes unless the server's own option is given (uvicorn's
+    #: ``--timeout-keep-alive``, gunicorn's ``--keep-alive``). It must be longer than the idle
+    #: timeout of whatever keeps a pool of connections to the server (AWS ALB 60 s, nginx upstream
+    #: ``keepalive_timeout`` 60 s, Envoy ``idle_timeout`` 1 h: set that one lower), so the pool
+    #: always closes first: a server closing an idle connection races the pool's next request on it
+    #: (a 502). Stock servers close after 5 s (uvicorn) or 2 s (gunicorn).
+    keep_alive: float = 75.0
 
     # -- startup gate and checks (docs/warmup.md) --
     #: Seconds readiness stays failing after the server started, even when every startup check
@@ -143,6 +151,7 @@ class Settings:
                 "shutdown_token is too short; allowed: a string of at least 16 characters",
                 field="shutdown_token",
             )
+        _check_number("keep_alive", self.keep_alive, 1, MAX_SECONDS, "seconds")
         _check_seconds("startup_min_delay", self.startup_min_delay)
         _check_number("check_interval", self.check_interval, 0.05, MAX_SECONDS, "seconds")
         _check_number("check_timeout", self.check_timeout, 0.01, MAX_SECONDS, "seconds")

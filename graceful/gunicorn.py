@@ -14,9 +14,11 @@ Every class, from its ``check_config`` (which gunicorn runs in the arbiter befor
      worker at once, everything keeps serving for the drain delay, then gunicorn's normal graceful
      stop runs, bounded by ``graceful_timeout`` (``drain_timeout`` unless you set it);
   2. in each worker, wraps the app in the graceful middleware unless it already is.
-A worker's own exit (HUP reload, ``max_requests``, TTOU) never moves the instance's phase: only the
-master does. After the delay each worker closes its copy of the listeners at once, so no connection
-is left queued in the backlog to be reset when the last copy closes (gunicorn #3397).
+Idle keep-alive connections stay open for graceful's ``keep_alive`` (75 s) rather than gunicorn's
+2 s, unless ``--keep-alive`` is set (see ``Settings.keep_alive``). A worker's own exit (HUP reload,
+``max_requests``, TTOU) never moves the instance's phase: only the master does. After the delay
+each worker closes its copy of the listeners at once, so no connection is left queued in the
+backlog to be reset when the last copy closes (gunicorn #3397).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -40,6 +43,18 @@ from graceful._gunicorn_master import prepare_master, signal_name
 from graceful._lifecycle import get_lifecycle
 
 __all__ = ["SingleThreadWorker", "ThreadWorker", "UvicornWorker"]
+
+
+def map_keep_alive(cfg: Any, keep_alive: float) -> None:
+    """graceful's ``keep_alive`` as gunicorn's ``keepalive``, unless the user set gunicorn's.
+
+    "Set" is told as gunicorn tells nothing else: a value other than gunicorn's default (2 s), as
+    for ``graceful_timeout``. gunicorn takes whole seconds: rounded up, never below the setting.
+    Runs in the arbiter before any fork, and again on every HUP reload (which rebuilds the config).
+    """
+    setting = cfg.settings["keepalive"]
+    if setting.value == setting.default:
+        cfg.set("keepalive", math.ceil(keep_alive))
 
 
 def _wrap_wsgi(app: Any) -> Any:
@@ -78,7 +93,7 @@ class _WSGIWorkerMixin:
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
-        prepare_master(cfg, log)
+        map_keep_alive(cfg, prepare_master(cfg, log).settings.keep_alive)
         parent = super()
         if hasattr(parent, "check_config"):
             parent.check_config(cfg, log)
@@ -134,6 +149,8 @@ class SingleThreadWorker(_WSGIWorkerMixin, _SyncWorker):  # type: ignore[misc]
 def _uvicorn_server_class() -> type[Any]:
     import uvicorn
 
+    from graceful.uvicorn import linger
+
     class WorkerServer(uvicorn.Server):
         """uvicorn's Server as a gunicorn worker runs it: signals belong to the worker class."""
 
@@ -145,48 +162,14 @@ def _uvicorn_server_class() -> type[Any]:
 
         async def shutdown(self, sockets: list[Any] | None = None) -> None:
             if not self.force_exit:
-                await self.linger()
+                # Every worker exit, also when the instance is not draining (HUP reload,
+                # max_requests, TTOU): this process's responses carry Connection: close from now
+                # on (the instance's phase is left alone: only the master moves it).
+                get_lifecycle().terminating[0] = True
+                await linger(self)
             await super().shutdown(sockets)
 
-        async def linger(self) -> None:
-            """Let connections between two requests send one more before uvicorn closes them.
-
-            uvicorn's shutdown closes every connection that is not inside a request at once: a
-            request already on its way on a just-accepted or kept-alive connection is then cut
-            ("server disconnected"). That happens on every worker exit, also when the instance
-            is not draining (HUP reload, max_requests, TTOU), which is why gthread lingers too
-            (gunicorn/workers/gthread.py STOP_KEEPALIVE_LINGER). So:
-            1. stop accepting (the other workers share the listening socket and take new ones);
-            2. this process's responses carry Connection: close from now on (the instance's
-               phase is left alone: only the master moves it);
-            3. wait, bounded, until no connection is between requests.
-            """
-            for server in self.servers:
-                server.close()
-            get_lifecycle().terminating[0] = True
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + min(LINGER, float(self.config.timeout_keep_alive))
-            while loop.time() < deadline and any(
-                _between_requests(connection) for connection in self.server_state.connections
-            ):
-                await asyncio.sleep(0.05)
-
     return WorkerServer
-
-
-#: Longest a stopping uvicorn worker waits for a request on an idle connection (see linger).
-LINGER = 1.0
-
-
-def _between_requests(connection: Any) -> bool:
-    """An HTTP connection of uvicorn's (h11 or httptools) that is not inside a request now."""
-    cycle: Any = getattr(connection, "cycle", _NOT_HTTP)
-    if cycle is _NOT_HTTP:
-        return False  # a websocket: uvicorn's own shutdown closes it (1012)
-    return cycle is None or bool(cycle.response_complete)
-
-
-_NOT_HTTP = object()
 
 
 class UvicornWorker(Worker):  # type: ignore[misc]
@@ -241,7 +224,7 @@ class UvicornWorker(Worker):  # type: ignore[misc]
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
-        prepare_master(cfg, log)
+        map_keep_alive(cfg, prepare_master(cfg, log).settings.keep_alive)
 
     def init_signals(self) -> None:
         # Default dispositions until the loop runs (see _serve); keep gunicorn's SIGUSR1 (reopen

@@ -12,12 +12,17 @@ On SIGTERM:
 A second SIGTERM, or SIGINT (Ctrl-C), skips what is left of the delay; a second SIGINT during the
 stop cuts in-flight work (uvicorn's "force exit"). Under ``graceful-run`` (``GRACEFUL_STATE`` set)
 the supervisor owns the drain clock and SIGTERM stops at once: there is no second delay.
+
+Idle keep-alive connections stay open for ``keep_alive`` (75 s), not uvicorn's 5 s, unless
+uvicorn's own ``--timeout-keep-alive`` is given: see ``Settings.keep_alive``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
+import inspect
 import os
 import signal
 import socket
@@ -36,12 +41,29 @@ from graceful.asgi import GracefulMiddleware
 __all__ = ["GracefulServer", "main", "run"]
 
 
-class GracefulServer(uvicorn.Server):
-    """uvicorn's Server with the drain clock in front of its shutdown."""
+#: uvicorn's own default keep-alive timeout (5 s in uvicorn 0.30-0.54).
+UVICORN_KEEP_ALIVE = inspect.signature(uvicorn.Config).parameters["timeout_keep_alive"].default
 
-    def __init__(self, config: uvicorn.Config, *, settings: Settings | None = None) -> None:
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's Server with the drain clock in front of its shutdown.
+
+    ``keep_alive_given``: whether the user chose uvicorn's ``timeout_keep_alive`` (then it is kept);
+    otherwise graceful's ``keep_alive`` replaces it. ``None``: chosen if it is not uvicorn's default.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        settings: Settings | None = None,
+        keep_alive_given: bool | None = None,
+    ) -> None:
         super().__init__(config)
         self._settings = settings
+        if keep_alive_given is None:
+            keep_alive_given = config.timeout_keep_alive != UVICORN_KEEP_ALIVE
+        self._keep_alive_given = keep_alive_given
         self.lifecycle: Lifecycle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owns_clock = False
@@ -53,6 +75,9 @@ class GracefulServer(uvicorn.Server):
         lifecycle = self.lifecycle = self._adopt_middleware(config)
         if config.timeout_graceful_shutdown is None:
             config.timeout_graceful_shutdown = lifecycle.settings.drain_timeout  # type: ignore[assignment]
+        if not self._keep_alive_given:
+            # Read by each connection when it is made, so setting it before serving covers all.
+            config.timeout_keep_alive = lifecycle.settings.keep_alive  # type: ignore[assignment]
         # The outermost component that knows about graceful owns the clock: the supervisor if there
         # is one (it published a board through GRACEFUL_STATE), else this server.
         self._owns_clock = not lifecycle.external
@@ -101,6 +126,11 @@ class GracefulServer(uvicorn.Server):
             self.force_exit = True
         self.should_exit = True
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if not self.force_exit:
+            await linger(self)
+        await super().shutdown(sockets)
+
     async def on_tick(self, counter: int) -> bool:
         lifecycle = self.lifecycle
         if lifecycle is not None:
@@ -114,12 +144,54 @@ class GracefulServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+#: Longest a stopping server waits for a request on a connection between two requests (see linger).
+LINGER = 1.0
+
+
+async def linger(server: uvicorn.Server) -> None:
+    """Let connections between two requests send one more before uvicorn closes them.
+
+    uvicorn's shutdown closes every connection that is not inside a request at once
+    (``H11Protocol.shutdown``): a request already on its way on a just-accepted or kept-alive
+    connection is then cut ("server disconnected"), since nothing can answer it. gunicorn's gthread
+    lingers for the same reason (gunicorn/workers/gthread.py ``STOP_KEEPALIVE_LINGER``). So:
+    1. stop accepting (under gunicorn, the other workers share the listening socket and take new
+       ones);
+    2. wait, bounded, until no connection is between requests: one that sends meanwhile is
+       answered with ``Connection: close`` (the caller made sure of that) and closes itself.
+    What is still idle after that has been idle through the drain delay and this wait; closing it
+    still races a request sent at that very moment, which only a client can make safe (retrying
+    a request on a reused connection that closed before any response, RFC 9110 9.2.2).
+    """
+    for listener in server.servers:
+        listener.close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(LINGER, float(server.config.timeout_keep_alive))
+    while loop.time() < deadline and any(
+        _between_requests(connection) for connection in server.server_state.connections
+    ):
+        await asyncio.sleep(0.05)
+
+
+def _between_requests(connection: Any) -> bool:
+    """An HTTP connection of uvicorn's (h11 or httptools) that is not inside a request now."""
+    cycle: Any = getattr(connection, "cycle", _NOT_HTTP)
+    if cycle is _NOT_HTTP:
+        return False  # a websocket: uvicorn's own shutdown closes it (1012)
+    return cycle is None or bool(cycle.response_complete)
+
+
+_NOT_HTTP = object()
+
+
 def run(app: Any, *, settings: Settings | None = None, **uvicorn_options: Any) -> None:
     """Like ``uvicorn.run`` (single process), with the drain. ``settings`` default to ``GRACEFUL_*``."""
     if uvicorn_options.get("workers", 1) not in (None, 1) or uvicorn_options.get("reload"):
         raise ValueError("graceful.uvicorn.run serves one process; for workers use the gunicorn integration")
     config = uvicorn.Config(app, **uvicorn_options)
-    server = GracefulServer(config, settings=settings)
+    server = GracefulServer(
+        config, settings=settings, keep_alive_given="timeout_keep_alive" in uvicorn_options
+    )
     server.run()
     if not server.started:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE
@@ -173,7 +245,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     # keep every one of uvicorn's command-line options for free.
     # (`uvicorn.main` the attribute is the click command; the module must be looked up by name.)
     uvicorn_main_module = importlib.import_module("uvicorn.main")
-    uvicorn_main_module.Server = GracefulServer  # type: ignore[attr-defined]
+    # uvicorn's CLI also reads UVICORN_<OPTION> (click's auto_envvar_prefix).
+    keep_alive_given = "UVICORN_TIMEOUT_KEEP_ALIVE" in os.environ or any(
+        arg.partition("=")[0] == "--timeout-keep-alive" for arg in rest
+    )
+    server_class = functools.partial(GracefulServer, keep_alive_given=keep_alive_given)
+    uvicorn_main_module.Server = server_class  # type: ignore[attr-defined]
     uvicorn_main_module.main.main(args=rest, prog_name="python -m graceful.uvicorn")
 
 

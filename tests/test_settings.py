@@ -16,6 +16,13 @@ def test_defaults_fit_the_kubernetes_default_grace_period() -> None:
     assert not settings.shutdown_allow_get
 
 
+def test_keep_alive_outlasts_the_usual_balancer_idle_timeouts() -> None:
+    """The default keep_alive (75 s) is longer than AWS ALB's and nginx's 60 s idle timeouts, so
+    the pool in front closes an idle connection first; GRACEFUL_KEEP_ALIVE sets it."""
+    assert Settings().keep_alive == 75.0 > 60.0
+    assert Settings.from_env({"GRACEFUL_KEEP_ALIVE": "620"}).keep_alive == 620.0
+
+
 def test_environment_maps_onto_fields() -> None:
     """Every GRACEFUL_* variable maps onto its field, decimals included; keywords win."""
     env = {
@@ -49,6 +56,12 @@ def test_environment_maps_onto_fields() -> None:
         ("GRACEFUL_DRAIN_TIMEOUT", "nan", "GRACEFUL_DRAIN_TIMEOUT='nan' is out of range"),
         ("GRACEFUL_DRAIN_TIMEOUT", "1e9", "GRACEFUL_DRAIN_TIMEOUT='1e9' is out of range"),
         ("GRACEFUL_LOG_PROBES", "maybe", "GRACEFUL_LOG_PROBES='maybe' is not a boolean"),
+        (
+            "GRACEFUL_KEEP_ALIVE",
+            "0",
+            "GRACEFUL_KEEP_ALIVE='0' is out of range; allowed: 1 to 3600 seconds",
+        ),
+        ("GRACEFUL_KEEP_ALIVE", "5s", "GRACEFUL_KEEP_ALIVE='5s' is not a number; allowed: 1 to 3600 seconds"),
     ],
 )
 def test_bad_environment_names_variable_value_and_range(variable: str, value: str, expected: str) -> None:

@@ -550,13 +550,13 @@ class Cluster:
 @contextlib.contextmanager
 def cluster(
     *,
+    balancer: str = "haproxy",
     lag: float = 2.0,
     probe_period: float = 0.3,
     grace: float = 30.0,
     slots: int = 8,
     keep_dir: bool = False,
     server_options: Mapping[str, str] | None = None,
-    balancer: str = "haproxy",
 ) -> Iterator[Cluster]:
     """A balancer (one of ``BALANCERS``) and a kubelet in a temporary directory; everything is
     killed on the way out."""
@@ -603,6 +603,9 @@ class PodReport:
     pre_stop: str
     pre_stop_seconds: float | None
     log_tail: str
+    # Seconds from the deletion to the endpoint's removal at the balancer (the lag, plus however
+    # late the harness was: on a starved machine a removal can land after the listener closed).
+    removal_seconds: float | None = None
 
 
 @dataclass
@@ -614,6 +617,9 @@ class RolloutReport:
     errors: list[str]
     balancer: str = "haproxy"
     balancer_tail: str = ""
+    # Each old pod's deletion, endpoint removal, SIGTERM and exit, in seconds since the load began
+    # (the zero of the failure samples' t=), to put a rare failure beside what happened then.
+    timeline: list[str] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -705,12 +711,18 @@ def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
                     pre_stop=pod.pre_stop_result,
                     pre_stop_seconds=pod.pre_stop_seconds,
                     log_tail=pod.log_tail(),
+                    removal_seconds=(
+                        None
+                        if pod.removed_at is None or pod.deleted_at is None
+                        else pod.removed_at - pod.deleted_at
+                    ),
                 )
                 for pod in kube.pods
                 if pod.deleted_at is not None
             ]
             errors = list(kube.errors)
             balancer_tail = _tail(kube.balancer.log_path)
+            timeline = _timeline(kube.pods, load.started if load is not None else began)
     return RolloutReport(
         scenario=scenario.name,
         load=result or LoadResult(),
@@ -719,7 +731,26 @@ def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
         errors=errors,
         balancer=scenario.balancer,
         balancer_tail=balancer_tail,
+        timeline=timeline,
     )
+
+
+def _timeline(pods: Sequence[Pod], zero: float) -> list[str]:
+    """``pod: deleted t=.. removed t=.. SIGTERM t=.. exited t=..`` for every deleted pod."""
+    lines = []
+    for pod in pods:
+        if pod.deleted_at is None:
+            continue
+        events = [
+            ("deleted", pod.deleted_at),
+            ("removed", pod.removed_at),
+            ("SIGTERM", pod.sigterm_at),
+            ("exited", pod.exited_at),
+        ]
+        lines.append(
+            f"{pod.name}: " + " ".join(f"{name} t={at - zero:.2f}" for name, at in events if at is not None)
+        )
+    return lines
 
 
 # -- pod templates ---------------------------------------------------------------------------------
@@ -767,14 +798,16 @@ def gunicorn_spec(
 ) -> PodSpec:
     """gunicorn as PID 1, or as the child of ``graceful-run`` (``supervised``) with the drain delay.
 
-    ``worker`` is the worker class then its options (``GUNICORN_THREAD`` ...). Keep-alive is 5 s as
-    uvicorn's default (gunicorn's is 2 s, below the idle clients' gaps: every idle client would race
-    the server's idle close, with or without a rollout). No control socket: pods share one $HOME.
+    ``worker`` is the worker class then its options (``GUNICORN_THREAD`` ...). graceful's classes run
+    with graceful's keep-alive default (75 s), as users get them. The stock baselines get 5 s as
+    uvicorn's default: gunicorn's 2 s is below the idle clients' gaps, and every idle client would
+    race the server's idle close, with or without a rollout. No control socket: pods share one $HOME.
     """
     worker_class, *options = worker
+    keep_alive = [] if worker_class.startswith("graceful.") else ["--keep-alive", "5"]
     argv = [
         "python", "-m", "gunicorn", "-k", worker_class, *options, "-b", f"{LOCALHOST}:{{port}}",
-        "--keep-alive", "5", "--no-control-socket", app,
+        *keep_alive, "--no-control-socket", app,
     ]  # fmt: skip
     environment = {} if drain_delay is None else {"GRACEFUL_DRAIN_DELAY": f"{drain_delay:g}"}
     if supervised:

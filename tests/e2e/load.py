@@ -18,6 +18,8 @@ import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from tests.e2e.wrk import Wrk, WrkResult
+
 # Outcome kinds. "ok" is a 2xx (or an echoed websocket message); everything else is a failure.
 OK = "ok"
 STATUS = "other_status"
@@ -58,6 +60,9 @@ class LoadConfig:
     idle_gap: tuple[float, float] = (1.0, 2.5)
     ws_message_interval: float = 0.2
     ws_reconnect_pause: float = 0.1
+    # `wrk` connections (0: no wrk) hammering /fast with keep-alive, no pause: raw throughput, so a
+    # rare race shows up in a count that means something (tests/e2e/wrk.py).
+    wrk: int = 0
     max_iterations: int = 200_000
     max_seconds: float = 300.0
 
@@ -74,6 +79,7 @@ class LoadResult:
     samples: list[str] = field(default_factory=list)
     longest: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    wrk: WrkResult | None = None  # wrk's own totals, errors by wrk's kinds (also in ``outcomes``)
 
     @property
     def requests(self) -> int:
@@ -115,6 +121,7 @@ class Load:
         self._threads: list[threading.Thread] = []
         self._started = 0.0
         self._deadline = 0.0
+        self._wrk: Wrk | None = None
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
@@ -136,6 +143,11 @@ class Load:
             and time.monotonic() < self._deadline
         )
 
+    @property
+    def started(self) -> float:
+        """When the load began (monotonic): the zero of the samples' ``t=``."""
+        return self._started
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -149,6 +161,11 @@ class Load:
             "websocket": self._websocket,
             "idle": self._idle,
         }
+        if self.config.wrk > 0:
+            self._wrk = Wrk(
+                f"{self.base_url}/fast", connections=self.config.wrk, max_seconds=self.config.max_seconds
+            )
+            self._wrk.start()
         for kind, count in self.config.counts().items():
             for number in range(count):
                 thread = threading.Thread(
@@ -169,8 +186,24 @@ class Load:
         stuck = [thread.name for thread in self._threads if thread.is_alive()]
         if stuck:
             self.record("harness", OTHER, f"clients still running after stop: {stuck}")
+        if self._wrk is not None:
+            self._record_wrk(self._wrk.stop())
         self.result.seconds = time.monotonic() - self._started
         return self.result
+
+    def _record_wrk(self, wrk: WrkResult) -> None:
+        self.result.wrk = wrk
+        if not wrk.parsed:
+            self.record("wrk", OTHER, f"wrk printed no totals: {wrk.output[-300:]!r}")
+            return
+        with self._lock:
+            self.result.outcomes[("wrk", OK)] += wrk.ok
+        for kind, outcome in WRK_OUTCOMES.items():
+            count = wrk.errors[kind]
+            if count:
+                with self._lock:
+                    self.result.outcomes[("wrk", outcome)] += count - 1
+                self.record("wrk", outcome, f"wrk counted {count} {kind} error(s)")
 
     def _guarded(self, kind: str, worker: Callable[[str], None]) -> None:
         # A bug in a client must show up in the report, not vanish with its thread.
@@ -302,6 +335,10 @@ class Load:
                     self.record(kind, OK, seconds=time.monotonic() - began)
                     self._stop.wait(config.ws_message_interval)
             self._stop.wait(config.ws_reconnect_pause)
+
+
+# wrk's error kinds as the harness's outcomes: a failed read is a reset or a server disconnect.
+WRK_OUTCOMES = {"connect": CONNECT, "read": RESET, "write": RESET, "timeout": TIMEOUT, "non2xx": STATUS}
 
 
 def classify(exc: BaseException) -> str:
