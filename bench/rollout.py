@@ -173,10 +173,16 @@ def run_tables(
         for name in names:
             description, to_run = scenario(name, balancer)
             for run in range(repeat):
-                report = run_rollout(to_run)
-                rows.append(row(report))
                 runs += 1
                 label = f" (run {run + 1})" if repeat > 1 else ""
+                try:
+                    report = run_rollout(to_run)
+                except RuntimeError as exc:  # a pod that never got ready, say: the other runs go on
+                    reason = str(exc).splitlines()[0]
+                    rows.append([name, "-", f"harness error: {reason[:60]}", "-", "-"])
+                    print(f"  {balancer}: {name}{label}: harness error: {exc}", flush=True)
+                    continue
+                rows.append(row(report))
                 print(
                     f"  {balancer}: {name}{label}: {description}: "
                     f"{report.failures} failures in {report.seconds:.1f} s",
