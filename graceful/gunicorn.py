@@ -163,10 +163,9 @@ def _uvicorn_server_class() -> type[Any]:
         async def shutdown(self, sockets: list[Any] | None = None) -> None:
             if not self.force_exit:
                 # Every worker exit, also when the instance is not draining (HUP reload,
-                # max_requests, TTOU): this process's responses carry Connection: close from now
-                # on (the instance's phase is left alone: only the master moves it).
-                get_lifecycle().terminating[0] = True
-                await linger(self)
+                # max_requests, TTOU): linger marks this process's responses Connection: close
+                # (the instance's phase is left alone: only the master moves it).
+                await linger(self, get_lifecycle())
             await super().shutdown(sockets)
 
     return WorkerServer
