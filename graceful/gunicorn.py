@@ -154,6 +154,20 @@ def _uvicorn_server_class() -> type[Any]:
     class WorkerServer(uvicorn.Server):
         """uvicorn's Server as a gunicorn worker runs it: signals belong to the worker class."""
 
+        #: The master's pid, as the worker was forked (gunicorn's ``Worker.ppid``).
+        master_pid = 0
+
+        async def on_tick(self, counter: int) -> bool:
+            # gunicorn's own workers stop when their master is gone (sync.py and gthread.py
+            # ``is_parent_alive``): a SIGKILLed master would otherwise leave this worker serving,
+            # orphaned, forever (uvicorn's loop never looks). Once a second (ticks are 0.1 s).
+            if counter % 10 == 0 and not self.should_exit and os.getppid() != self.master_pid:
+                logging.getLogger("uvicorn.error").warning(
+                    "Parent changed, shutting down: pid %s (master %s gone)", os.getpid(), self.master_pid
+                )
+                self.should_exit = True
+            return await super().on_tick(counter)
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             # uvicorn would install handle_exit for SIGINT/SIGTERM and re-raise the signal after
@@ -163,10 +177,9 @@ def _uvicorn_server_class() -> type[Any]:
         async def shutdown(self, sockets: list[Any] | None = None) -> None:
             if not self.force_exit:
                 # Every worker exit, also when the instance is not draining (HUP reload,
-                # max_requests, TTOU): this process's responses carry Connection: close from now
-                # on (the instance's phase is left alone: only the master moves it).
-                get_lifecycle().terminating[0] = True
-                await linger(self)
+                # max_requests, TTOU): linger marks this process's responses Connection: close
+                # (the instance's phase is left alone: only the master moves it).
+                await linger(self, get_lifecycle())
             await super().shutdown(sockets)
 
     return WorkerServer
@@ -252,6 +265,7 @@ class UvicornWorker(Worker):  # type: ignore[misc]
     async def _serve(self) -> None:
         self.config.app = _wrap_asgi(self.wsgi)  # gunicorn's name for the loaded app, ASGI here
         server = self.server = _uvicorn_server_class()(config=self.config)
+        server.master_pid = self.ppid
         self._install_loop_signals(server)
         await server.serve(sockets=self.sockets)
         if not server.started:

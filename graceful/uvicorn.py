@@ -127,8 +127,8 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if not self.force_exit:
-            await linger(self)
+        if not self.force_exit and self.lifecycle is not None:
+            await linger(self, self.lifecycle)
         await super().shutdown(sockets)
 
     async def on_tick(self, counter: int) -> bool:
@@ -148,7 +148,7 @@ class GracefulServer(uvicorn.Server):
 LINGER = 1.0
 
 
-async def linger(server: uvicorn.Server) -> None:
+async def linger(server: uvicorn.Server, lifecycle: Lifecycle) -> None:
     """Let connections between two requests send one more before uvicorn closes them.
 
     uvicorn's shutdown closes every connection that is not inside a request at once
@@ -158,11 +158,15 @@ async def linger(server: uvicorn.Server) -> None:
     1. stop accepting (under gunicorn, the other workers share the listening socket and take new
        ones);
     2. wait, bounded, until no connection is between requests: one that sends meanwhile is
-       answered with ``Connection: close`` (the caller made sure of that) and closes itself.
+       answered with ``Connection: close`` and closes itself. Set here, not only by the phase:
+       a stop no signal began (uvicorn's ``limit_max_requests``; a gunicorn worker's HUP reload,
+       ``max_requests`` or TTOU) leaves the phase alone, and without it the answered connection
+       went back to idle and was closed at the end of the wait, racing its next request.
     What is still idle after that has been idle through the drain delay and this wait; closing it
     still races a request sent at that very moment, which only a client can make safe (retrying
     a request on a reused connection that closed before any response, RFC 9110 9.2.2).
     """
+    lifecycle.terminating[0] = True  # this process's responses carry Connection: close from now on
     for listener in server.servers:
         listener.close()
     loop = asyncio.get_running_loop()

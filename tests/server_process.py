@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,6 +46,9 @@ class ServerProcess:
             env=full_env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            # Its own process group, so close() reaches what it forked too: killing only a gunicorn
+            # master left its workers running, orphaned, after the test (see close).
+            start_new_session=True,
         )
         self.ready_path = ready_path
 
@@ -82,6 +86,9 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def close(self) -> None:
+        # The whole group, also when the server itself has exited: a worker it forked may not have.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)

@@ -151,3 +151,24 @@ def test_request_on_an_idle_connection_as_the_stop_begins_is_answered(
         assert b"connection: close" in head.lower(), head
         assert sock.recv(1) == b"", "the server closes after answering"
     assert server.wait_exit(10) == 0
+
+
+def test_request_on_an_idle_connection_when_max_requests_ends_graceful_uvicorn(
+    started: list[ServerProcess],
+) -> None:
+    """uvicorn's --limit-max-requests stops the server without any signal (the phase is not moved):
+    a request on a kept-alive connection during the linger still gets Connection: close, so the
+    client does not reuse a connection the linger is about to close."""
+    server = start(started, [*GRACEFUL_UVICORN, "--limit-max-requests", "2"])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(REQUEST)
+        read_response(sock)  # request 1: the connection is now idle, between two requests
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as other:
+            other.sendall(REQUEST)
+            read_response(other)  # request 2: the limit, the stop begins
+        wait_for(lambda: refused(server.port), 5, "the listener to close")
+        sock.sendall(REQUEST)
+        head = read_response(sock)
+        assert b"connection: close" in head.lower(), head
+        assert sock.recv(1) == b"", "the server closes after answering"
+    assert server.wait_exit(10) == 0
