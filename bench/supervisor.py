@@ -139,7 +139,16 @@ def forwarding(wrapper: list[str], count: int, tmp: Path) -> list[float]:
 
 def compile_supervisor() -> None:
     """Write .pyc files as ``pip install`` does (this environment sets PYTHONDONTWRITEBYTECODE)."""
-    for name in ("__init__", "_board", "_phase", "_signals", "_supervisor_cli", "supervisor"):
+    for name in (
+        "__init__",
+        "_board",
+        "_board_file",
+        "_phase",
+        "_process",
+        "_signals",
+        "_supervisor_cli",
+        "supervisor",
+    ):
         py_compile.compile(str(ROOT / "graceful" / f"{name}.py"), doraise=True)
 
 

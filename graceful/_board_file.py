@@ -28,7 +28,9 @@ import os
 from graceful._board import StateBoard
 
 PREFIX = "graceful-run-"
-SUFFIX = ".board"
+# ".held": made by a run that holds its file locked. Boards of earlier versions (plain ".board")
+# carry no lock, so a live one could not be told from a stale one: the sweep leaves them alone.
+SUFFIX = ".held.board"
 # A sweep racing our creation can remove the fresh file before we hold it (see create_board).
 _CREATE_ATTEMPTS = 5
 

@@ -319,13 +319,14 @@ def run(options: Options) -> int:
         except SpawnError as exc:
             log(0, str(exc))
             return exc.status
-        log(2, f"started {options.command[0]!r} as pid {child}")
-        # dumb-init (chdir after the fork): keep no hold on the start directory, so its file
-        # system can be unmounted; the child keeps its own. Every path we use is absolute.
-        try:
+        # As dumb-init: keep no hold on the start directory, so its file system can be unmounted;
+        # the child keeps its own. First thing after the spawn (posix_spawn has no chdir action
+        # for the child, so we cannot move before it). Every path we use from here is absolute.
+        try:  # not contextlib.suppress: contextlib is a measurable part of a cold start
             os.chdir("/")
         except OSError:
             pass
+        log(2, f"started {options.command[0]!r} as pid {child}")
         return Supervisor(options, board, child, log).run()
     finally:
         board.close()

@@ -26,7 +26,8 @@ def board_of(run: Run) -> Path:
 
 def test_sigkilled_run_leaves_no_file_behind_at_the_next_start(runs: list[Run], tmp_path: Path) -> None:
     """A restart removes the board a SIGKILLed run left; a live sibling's board (also PID 1) stays,
-    and a process of that sibling can still open it by path after the sweep."""
+    and a process of that sibling can still open it by path after the sweep; a board of a version
+    before the lock is left alone (a live one would look the same)."""
     shm = tmp_path / "shm"
     shm.mkdir()
     options = ["--state-dir", str(shm), "--drain-delay", "0", "sh", "-c", LATE_OPENER]
@@ -39,10 +40,12 @@ def test_sigkilled_run_leaves_no_file_behind_at_the_next_start(runs: list[Run], 
     killed.wait()
     assert stale.exists()  # what a SIGKILL leaves: nobody could remove it
 
+    older = shm / "graceful-run-1-0badf00d.board"  # an earlier version's: no lock, maybe live
+    older.write_bytes(b"")
     restarted = start(runs, tmp_path / "restarted", options, stdin=subprocess.PIPE)
     fresh = board_of(restarted)
     assert not stale.exists()
-    assert fresh != stale and fresh.exists() and live.exists()
+    assert fresh != stale and fresh.exists() and live.exists() and older.exists()
     assert "removed 1 state board file(s) left by killed runs" in restarted.err()
 
     for run in (sibling, restarted):
@@ -51,4 +54,4 @@ def test_sigkilled_run_leaves_no_file_behind_at_the_next_start(runs: list[Run], 
         run.ready_pids(1)
         run.kill(signal.SIGTERM)
         assert run.wait() == 0
-    assert sorted(shm.iterdir()) == []  # a normal exit removes its own
+    assert sorted(shm.iterdir()) == [older]  # a normal exit removes its own

@@ -131,9 +131,19 @@ def test_tini_subreaper_reaps_orphans_when_not_pid1(runs: list[Run], tmp_path: P
 def test_supervisor_keeps_no_hold_on_its_start_directory(runs: list[Run], tmp_path: Path) -> None:
     """The child starts where graceful-run was started; graceful-run itself moves to / (dumb-init's
     cwd_test: the start directory's file system can then be unmounted)."""
-    run = start(runs, tmp_path, ["sh", "-c", "readlink /proc/$PPID/cwd; readlink /proc/$$/cwd"])
+    run = start(
+        runs,
+        tmp_path,
+        ["sh", "-c", "readlink /proc/$$/cwd; read line"],
+        namespace=False,
+        stdin=subprocess.PIPE,
+    )
+    wait_for(lambda: run.out() != "", 5, "the child's directory")
+    assert run.out().splitlines() == [str(ROOT)]
+    supervisor = Path(f"/proc/{run.host_pid}/cwd")
+    wait_for(lambda: os.readlink(supervisor) == "/", 5, f"graceful-run in /, not {os.readlink(supervisor)}")
+    run.release()
     assert run.wait() == 0
-    assert run.out().splitlines() == ["/", str(ROOT)]
 
 
 def on_a_terminal(argv: list[str], typed: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
