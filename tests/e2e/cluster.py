@@ -140,6 +140,23 @@ def make_balancer(
     raise ValueError(f"balancer {name!r} is unknown; choose from {', '.join(BALANCERS)}")
 
 
+class SlotNames:
+    """Names for the pods' endpoints, s1..sN, each given once per run: a slot whose pod is still
+    draining is never reused (HAProxy's server slots; nginx and Envoy name their endpoints alike)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._taken = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> str:
+        with self._lock:
+            self._taken += 1
+            if self._taken > self.count:
+                raise RuntimeError(f"all {self.count} balancer slots used")
+            return f"s{self._taken}"
+
+
 class Balancer:
     """HAProxy as kube-proxy: L4, round robin, no retries, K server slots switched at runtime."""
 
@@ -155,7 +172,7 @@ class Balancer:
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
-        self._next_slot = 0
+        self._slot_names = SlotNames(slots)
 
     def config_text(self) -> str:
         servers = "\n".join(
@@ -239,11 +256,7 @@ backend be
 
     def take_slot(self) -> str:
         """A server slot never used before in this run: a slot still draining is never reused."""
-        with self._lock:
-            self._next_slot += 1
-            if self._next_slot > self.slots:
-                raise RuntimeError(f"all {self.slots} balancer slots used")
-            return f"s{self._next_slot}"
+        return self._slot_names.take()
 
     def add(self, slot: str, port: int) -> None:
         self._checked(f"set server be/{slot} addr {LOCALHOST} port {port}")

@@ -28,7 +28,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from tests.e2e.cluster import LOCALHOST, _die_with_parent, _tail, _wait_until, free_port
+from tests.e2e.cluster import LOCALHOST, SlotNames, _die_with_parent, _tail, _wait_until, free_port
 
 
 def envoy_binary() -> str | None:
@@ -171,7 +171,7 @@ class EnvoyBalancer:
         self.admin_port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
-        self._next_slot = 0
+        self._slot_names = SlotNames(slots)
         self._endpoints: dict[str, int] = {}  # slot -> pod port
         self._version = 0
 
@@ -240,11 +240,7 @@ resources:
 
     def take_slot(self) -> str:
         """A slot never used before in this run (as with HAProxy: a draining slot is not reused)."""
-        with self._lock:
-            self._next_slot += 1
-            if self._next_slot > self.slots:
-                raise RuntimeError(f"all {self.slots} balancer slots used")
-            return f"s{self._next_slot}"
+        return self._slot_names.take()
 
     def add(self, slot: str, port: int) -> None:
         with self._lock:

@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 from tests.e2e.cluster import LOCALHOST, _die_with_parent, _tail, _wait_until, free_port
+from tests.e2e.nginx import temp_paths
 
 #: nginx's own idle timeout for its upstream connections (its default, ALB's default too).
 UPSTREAM_KEEPALIVE_TIMEOUT = 60
@@ -75,11 +76,7 @@ events {{
     worker_connections 1024;
 }}
 http {{
-    client_body_temp_path {work}/tmp/body;
-    proxy_temp_path {work}/tmp/proxy;
-    fastcgi_temp_path {work}/tmp/fastcgi;
-    uwsgi_temp_path {work}/tmp/uwsgi;
-    scgi_temp_path {work}/tmp/scgi;
+{temp_paths(work)}
     access_log off;
 {upstreams}
     server {{

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.cluster import LOCALHOST, _die_with_parent, _tail, _wait_until, free_port
+from tests.e2e.cluster import LOCALHOST, SlotNames, _die_with_parent, _tail, _wait_until, free_port
 
 GENERATION_PATH = "/__balancer/generation"
 # Below the pods' own idle keep-alive timeout (uvicorn's 5 s, the harness's gunicorn --keep-alive 5):
@@ -35,6 +35,21 @@ GENERATION_PATH = "/__balancer/generation"
 # closing at that moment (a 502 that would be the pool's doing, not the rollout's).
 UPSTREAM_IDLE_SECONDS = 4
 RELOAD_TIMEOUT = 10.0
+
+
+def temp_paths(work: Path) -> str:
+    """nginx's temp directories inside ``work`` (nginx -p DIR does not move them: they are compiled
+    in under /var/lib/nginx), as lines of an ``http`` block; ``work/tmp`` must exist."""
+    return "\n".join(
+        f"    {kind}_temp_path {work}/tmp/{name};"
+        for kind, name in (
+            ("client_body", "body"),
+            ("proxy", "proxy"),
+            ("fastcgi", "fastcgi"),
+            ("uwsgi", "uwsgi"),
+            ("scgi", "scgi"),
+        )
+    )
 
 
 class NginxBalancer:
@@ -60,7 +75,7 @@ class NginxBalancer:
         self.generation = 0
         self.endpoints: dict[str, int] = {}  # slot -> pod port, in the order pods were added
         self._lock = threading.Lock()
-        self._next_slot = 0
+        self._slot_names = SlotNames(slots)
 
     # -- config ------------------------------------------------------------------------------------
 
@@ -80,11 +95,7 @@ events {{
 }}
 
 http {{
-    client_body_temp_path {work}/tmp/body;
-    proxy_temp_path {work}/tmp/proxy;
-    fastcgi_temp_path {work}/tmp/fastcgi;
-    uwsgi_temp_path {work}/tmp/uwsgi;
-    scgi_temp_path {work}/tmp/scgi;
+{temp_paths(work)}
 
     # Websockets need Upgrade and Connection passed on; every other request gets an empty
     # Connection header, without which nginx sends "close" and the upstream pool never fills.
@@ -213,11 +224,7 @@ http {{
 
     def take_slot(self) -> str:
         """A name for one pod's endpoint, never reused within a run (as with HAProxy's slots)."""
-        with self._lock:
-            self._next_slot += 1
-            if self._next_slot > self.slots:
-                raise RuntimeError(f"all {self.slots} balancer slots used")
-            return f"s{self._next_slot}"
+        return self._slot_names.take()
 
     def add(self, slot: str, port: int) -> None:
         with self._lock:
