@@ -161,7 +161,12 @@ def _uvicorn_server_class() -> type[Any]:
             # gunicorn's own workers stop when their master is gone (sync.py and gthread.py
             # ``is_parent_alive``): a SIGKILLed master would otherwise leave this worker serving,
             # orphaned, forever (uvicorn's loop never looks). Once a second (ticks are 0.1 s).
-            if counter % 10 == 0 and not self.should_exit and os.getppid() != self.master_pid:
+            if (
+                counter % 10 == 0
+                and self.master_pid  # 0: not run by the worker class (nothing to compare with)
+                and not self.should_exit
+                and os.getppid() != self.master_pid
+            ):
                 logging.getLogger("uvicorn.error").warning(
                     "Parent changed, shutting down: pid %s (master %s gone)", os.getpid(), self.master_pid
                 )
