@@ -82,6 +82,18 @@ def _wait_until(condition: Callable[[], bool], timeout: float, interval: float =
     return condition()
 
 
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after 5 s (HAProxy and Envoy exit at once on SIGTERM)."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -231,14 +243,7 @@ backend be
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
 
     def command(self, line: str) -> str:
         """One runtime API command over the admin socket (non-interactive: one per connection)."""

@@ -28,7 +28,15 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from tests.e2e.cluster import LOCALHOST, SlotNames, _die_with_parent, _tail, _wait_until, free_port
+from tests.e2e.cluster import (
+    LOCALHOST,
+    SlotNames,
+    _die_with_parent,
+    _tail,
+    _wait_until,
+    free_port,
+    stop_process,
+)
 
 
 def envoy_binary() -> str | None:
@@ -97,18 +105,6 @@ def start_envoy(
         stop_process(process)
         raise RuntimeError(f"envoy did not start ({' '.join(argv)}); log:\n{_tail(log_path)}")
     return process
-
-
-def stop_process(process: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM, then SIGKILL after 5 s (Envoy exits at once on SIGTERM)."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
 
 
 def http_listener(name: str, port: int, cluster: str, *, address: str = LOCALHOST) -> str:
