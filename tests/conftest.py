@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import graceful
 from graceful import Lifecycle, Settings
+
+if TYPE_CHECKING:  # tests.server_process imports this module (free_port)
+    from tests.server_process import ServerProcess
 
 
 @pytest.fixture
@@ -26,6 +29,15 @@ def runs() -> Iterator[list[Any]]:
         if run.process.poll() is None:
             run.process.kill()
             run.process.wait(5)
+
+
+@pytest.fixture
+def started() -> Iterator[list[ServerProcess]]:
+    """Server processes a test starts; each closed (bounded, its whole process group) at the end."""
+    servers: list[ServerProcess] = []
+    yield servers
+    for server in servers:
+        server.close()
 
 
 @pytest.fixture

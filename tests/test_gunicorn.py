@@ -12,7 +12,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +40,6 @@ def gunicorn_argv(kind: str, *extra: str, bind: str = "127.0.0.1:{port}") -> lis
     options, app = WORKERS[kind]
     # --no-control-socket: every gunicorn would otherwise share ~/.gunicorn/gunicorn.ctl.
     return ["{python}", "-m", "gunicorn", *options, "-b", bind, "--no-control-socket", *extra, app]
-
-
-@pytest.fixture
-def started() -> Iterator[list[ServerProcess]]:
-    """Servers a test starts; killed (bounded) at the end whatever happened."""
-    servers: list[ServerProcess] = []
-    yield servers
-    for server in servers:
-        server.close()
 
 
 def start(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import signal
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,14 +22,6 @@ from tests.test_uvicorn_integration import GRACEFUL_UVICORN
 pytestmark = pytest.mark.timeout(60)
 
 REQUEST = b"GET /fast HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-
-
-@pytest.fixture
-def started() -> Iterator[list[ServerProcess]]:
-    servers: list[ServerProcess] = []
-    yield servers
-    for server in servers:
-        server.close()
 
 
 def start(servers: list[ServerProcess], argv: list[str], **env: str) -> ServerProcess:
