@@ -56,3 +56,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def agent_says(port: int) -> str:
+    """The HAProxy agent responder's one-line answer on 127.0.0.1:``port``; "" while it is not listening.
+
+    Servers bind the agent on a background loop, so a first HTTP answer can come before it listens.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            return sock.recv(100).decode().strip()
+    except ConnectionRefusedError:
+        return ""

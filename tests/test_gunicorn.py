@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import json
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from graceful import Lifecycle, Phase, asgi, wsgi
 from graceful.gunicorn import _wrap_asgi, _wrap_wsgi
-from tests.conftest import free_port
+from tests.conftest import agent_says, free_port
 from tests.server_process import ServerProcess, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -364,14 +363,6 @@ def test_uvicorn_worker_does_not_stack_a_second_asgi_middleware(lifecycle: Lifec
 # -- warm-up and admission in the WSGI workers ---------------------------------------------------------
 
 
-def agent_says(port: int) -> str | None:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-            return sock.recv(100).decode().strip()
-    except OSError:
-        return None
-
-
 def test_wsgi_worker_starts_its_background_work_without_a_first_request(started: list[ServerProcess]) -> None:
     """The worker starts the gate, warm-up and agent when it has loaded the app: HAProxy's agent
     check is answered ("up NN%") before any HTTP request reached the instance."""
@@ -384,7 +375,7 @@ def test_wsgi_worker_starts_its_background_work_without_a_first_request(started:
     }
     server = ServerProcess(gunicorn_argv("thread"), env=env)
     started.append(server)
-    wait_for(lambda: (agent_says(agent_port) or "").startswith("up "), 15, "the agent, before any request")
+    wait_for(lambda: agent_says(agent_port).startswith("up "), 15, "the agent, before any request")
     server.wait_ready()
     assert health(server)["phase"] == "warming"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ import uvicorn
 from graceful import Lifecycle, Phase, Settings
 from graceful._admission import AdmissionControl
 from graceful.asgi import GracefulMiddleware
-from tests.conftest import free_port
+from tests.conftest import agent_says, free_port
 from tests.server_process import wait_for
 
 
@@ -322,11 +321,6 @@ def test_share_ramps_with_the_documented_curve() -> None:
 
 
 # -- the agent-check responder -----------------------------------------------------------------------
-
-
-def agent_says(port: int) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        return sock.recv(100).decode().strip()
 
 
 def test_agent_reports_warming_ready_and_drain(serve: Callable[..., Server]) -> None:

@@ -7,7 +7,6 @@ threaded WSGI server, as gunicorn's gthread is), in this process, bound to 127.0
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ import waitress
 
 from graceful import Lifecycle, Phase, Settings
 from graceful.wsgi import GracefulMiddleware
-from tests.conftest import free_port
+from tests.conftest import agent_says, free_port
 from tests.server_process import wait_for
 from tests.test_wsgi_servers import stop_waitress
 
@@ -247,11 +246,6 @@ def test_in_flight_never_exceeds_the_ramping_cap(serve: Callable[..., Server]) -
 
 
 # -- the agent-check responder -----------------------------------------------------------------------
-
-
-def agent_says(port: int) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        return sock.recv(100).decode().strip()
 
 
 def test_agent_reports_warming_ready_and_drain(serve: Callable[..., Server]) -> None:
