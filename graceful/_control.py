@@ -10,6 +10,7 @@ from graceful._checks import Checks
 from graceful._lifecycle import Lifecycle
 from graceful._phase import Phase
 from graceful._policies import may_shutdown, query_flag
+from graceful._wire import SHED_HEADER, SHED_VALUE
 
 if TYPE_CHECKING:
     from graceful._admission import AdmissionBase
@@ -44,10 +45,12 @@ def shed_reply(retry_after: int) -> Reply:
     """503 for a request over the admission cap: retry later (RFC 9110 10.2.3), likely elsewhere.
 
     Adapters send it with ``Connection: close``, so the retry takes a new connection, which a
-    balancer may give to another instance.
+    balancer may give to another instance. The ``graceful-shed`` header tells a client that the
+    application never saw the request, so retrying it is safe for any method.
     """
     retry = (b"retry-after", str(retry_after).encode())
-    return Reply(503, b"overloaded, retry later\n", extra_headers=(retry,))
+    shed = (SHED_HEADER.encode(), SHED_VALUE.encode())
+    return Reply(503, b"overloaded, retry later\n", extra_headers=(retry, shed))
 
 
 @dataclass

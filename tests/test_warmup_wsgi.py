@@ -181,6 +181,7 @@ def test_full_queue_sheds_with_retry_after_and_connection_close(serve: Callable[
         assert response.headers["connection"] == "close"
         assert 1 <= int(response.headers["retry-after"]) <= 3
         assert response.text == "overloaded, retry later\n"
+        assert response.headers["graceful-shed"] == "1"
     assert httpx.get(server.url + "/healthz").json()["admission"]["shed"] == 4
     wait_for(lambda: server.lifecycle.in_flight == 0, 5, "every request's count to end")
 
