@@ -6,7 +6,6 @@ do after each attempt (keep the response, retry after a delay, or give up with a
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -110,9 +109,15 @@ class Call:
         left = max(self.remaining(), 0.001)
         timeouts = self.request.extensions.get("timeout") or {}
         capped = {phase: min(timeouts.get(phase) or math.inf, left) for phase in _PHASES}
-        attempt = copy.copy(self.request)  # shares url, headers and body; only the extensions differ
-        attempt.extensions = {**self.request.extensions, "timeout": capped}
-        return attempt
+        request = self.request
+        # Not copy.copy: httpx.Request's pickling support drops the body stream on a copy.
+        return httpx.Request(
+            request.method,
+            request.url,
+            headers=request.headers,
+            stream=request.stream,
+            extensions={**request.extensions, "timeout": capped},
+        )
 
     # -- after an attempt -----------------------------------------------------------------------
 
