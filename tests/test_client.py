@@ -76,13 +76,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that hung up (a hedge's loser, a hang_up script): expected here
+
+
 @pytest.fixture
 def server() -> Iterator[Scripted]:
     port = free_port()
     scripted = Scripted(url=f"http://127.0.0.1:{port}")
     handler = type("ScriptedHandler", (Handler,), {"scripted": scripted})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    httpd.daemon_threads = True
+    httpd = QuietServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield scripted
@@ -324,3 +330,42 @@ def test_async_transport_retries_like_the_sync_one(server: Scripted) -> None:
 
     response = anyio.run(main)
     assert attempts(response) == ["503", "200"]
+
+
+# -- with graceful's own server side ----------------------------------------------------------------
+
+
+def test_posts_shed_by_a_graceful_server_are_retried_and_run_once_each() -> None:
+    """Real graceful middleware (WSGI, waitress) with room for one request: the POSTs it sheds come
+    back after its Retry-After and each runs exactly once."""
+    from graceful import Lifecycle, Settings
+    from graceful.wsgi import GracefulMiddleware
+    from tests.test_wsgi_servers import waitress_server
+
+    ran: list[str] = []
+
+    def orders(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+        time.sleep(0.3)
+        ran.append(str(environ.get("HTTP_X_ORDER")))
+        start_response("201 Created", [("content-length", "0")])
+        return []
+
+    settings = Settings(max_concurrency=1, queue_size=0, retry_after=1, retry_after_jitter=0)
+    middleware = GracefulMiddleware(orders, lifecycle=Lifecycle(settings))
+    results: dict[str, httpx.Response] = {}
+    with waitress_server(middleware) as port, httpx.Client(transport=Transport(), timeout=10) as client:
+
+        def order(name: str) -> None:
+            results[name] = client.post(f"http://127.0.0.1:{port}/orders", headers={"x-order": name})
+
+        threads = [threading.Thread(target=order, args=(f"o{n}",)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(15)
+    middleware.stop()
+    middleware.lifecycle.close()
+    assert sorted(ran) == ["o0", "o1", "o2"]
+    assert all(response.status_code == 201 for response in results.values())
+    shed_then_run = [attempts(r) for r in results.values() if len(attempts(r)) > 1]
+    assert shed_then_run and all(outcomes[-1] == "201" and "503" in outcomes for outcomes in shed_then_run)
