@@ -240,7 +240,8 @@ def test_full_queue_sheds_with_retry_after_and_connection_close(serve: Callable[
     for response in shed:
         assert response.headers["connection"] == "close"
         assert 1 <= int(response.headers["retry-after"]) <= 3
-        assert response.headers["graceful-shed"] == "1"  # the app never saw it: graceful.client retries any method
+        # The app never saw it: graceful.client retries it whatever the method.
+        assert response.headers["graceful-shed"] == "1"
     assert httpx.get(server.url + "/healthz").json()["admission"]["shed"] == 4
 
 
