@@ -369,3 +369,12 @@ def test_posts_shed_by_a_graceful_server_are_retried_and_run_once_each() -> None
     assert all(response.status_code == 201 for response in results.values())
     shed_then_run = [attempts(r) for r in results.values() if len(attempts(r)) > 1]
     assert shed_then_run and all(outcomes[-1] == "201" and "503" in outcomes for outcomes in shed_then_run)
+
+
+def test_each_retry_is_logged_at_debug(server: Scripted, caplog: pytest.LogCaptureFixture) -> None:
+    """One graceful.client DEBUG line per retry, naming the request and the failed attempt."""
+    server.script = lambda h, n: h.answer(503 if n == 1 else 200)
+    with caplog.at_level("DEBUG", logger="graceful.client"), httpx.Client(transport=Transport()) as client:
+        client.get(server.url + "/thing")
+    lines = [r.getMessage() for r in caplog.records if r.name == "graceful.client"]
+    assert len(lines) == 1 and "retrying GET" in lines[0] and "/thing" in lines[0] and "503" in lines[0]
