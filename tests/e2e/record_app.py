@@ -1,0 +1,51 @@
+"""A plain Starlette app, no graceful anywhere: the "plain uvicorn" pods of the client's rollout test.
+
+``POST /record`` appends the request id it executes (header ``x-request-id``) to the file named by
+``RECORD_PATH``, one ``<id> <pod>`` line per execution, in one ``write`` to a file opened with
+``O_APPEND``: every pod of a run appends to the same file, and a line is never interleaved with
+another pod's. The record is written by the server when it executes the request, so a POST that
+ran twice shows up twice whatever the client saw.
+"""
+
+from __future__ import annotations
+
+import os
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+POD = os.environ.get("POD_NAME", str(os.getpid()))
+RECORD_PATH = os.environ.get("RECORD_PATH", "")
+
+
+async def fast(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(f"fast from {POD}\n")
+
+
+async def ready(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ready\n")
+
+
+async def record(request: Request) -> PlainTextResponse:
+    request_id = request.headers.get("x-request-id", "")
+    await request.body()
+    if not request_id or not RECORD_PATH:
+        return PlainTextResponse("x-request-id header and RECORD_PATH are required\n", status_code=400)
+    line = f"{request_id} {POD}\n".encode()
+    fd = os.open(RECORD_PATH, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    return PlainTextResponse(f"{request_id}\n")
+
+
+app = Starlette(
+    routes=[
+        Route("/fast", fast),
+        Route("/healthz/ready", ready),
+        Route("/record", record, methods=["POST"]),
+    ]
+)
