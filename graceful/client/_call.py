@@ -138,7 +138,7 @@ class Call:
         return failure
 
     def record_cancelled(self, number: int, began: float) -> None:
-        self._record(number, began, "cancelled: another attempt won", None, hedge=True)
+        self._record(number, began, "cancelled: another attempt won", None, hedge=number > 1)
 
     def _record(self, number: int, began: float, outcome: str, failure: Failure | None, hedge: bool) -> None:
         now = self.config.clock()
@@ -205,13 +205,20 @@ class Call:
                 f"the retry budget is spent (at most {ratio.ratio:g} x calls + "
                 f"{ratio.min_per_second:g}/s over {ratio.ttl:g} s)"
             )
+            logger.debug(
+                "graceful.client: no retry or hedge for %s %s: %s",
+                self.request.method,
+                self.request.url,
+                self.stop_reason,
+            )
             return False
         return True
 
     # -- the end --------------------------------------------------------------------------------
 
     def finish(self, response: httpx.Response) -> httpx.Response:
-        response.extensions[ATTEMPTS_EXTENSION] = tuple(self.attempts)
+        # By number: hedged attempts finish out of order.
+        response.extensions[ATTEMPTS_EXTENSION] = tuple(sorted(self.attempts, key=_by_number))
         return response
 
     def error(self, last: Exception) -> Exception:
@@ -226,6 +233,10 @@ class Call:
 
 
 _PHASES = ("connect", "read", "write", "pool")
+
+
+def _by_number(attempt: Attempt) -> int:
+    return attempt.number
 
 
 def discard_size(response: httpx.Response) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from graceful.client import ATTEMPTS_EXTENSION, Failure, RetriesExhausted, Transport
+from graceful.client import ATTEMPTS_EXTENSION, Failure, RetriesExhausted, RetryPolicy, Transport
 from graceful.client._errors import classify_error
 from tests.e2e.cluster import LOCALHOST, Cluster, Pod, PodSpec, cluster
 
@@ -40,6 +40,9 @@ CLIENT_TIMEOUT = 5.0
 MAX_ITERATIONS = 100_000
 MAX_LOAD_SECONDS = 40.0
 SETTLE = 0.5  # load after the last endpoint removal
+#: Retries spread over longer than the propagation lag: 10 attempts, full-jitter backoffs whose
+#: ceilings add up to 5.5 s (on average 2.8 s), so the last ones start after the dead pod is gone.
+PATIENT = RetryPolicy(max_attempts=10)
 
 
 def plain_uvicorn_spec(record_path: Path) -> PodSpec:
@@ -56,7 +59,8 @@ class ClientLoad:
     """GET and POST clients against the balancer; every outcome kept for the report."""
 
     base_url: str
-    transport: bool
+    #: "plain" (no transport), "defaults" (Transport()) or "patient" (PATIENT: retries that outlast the lag).
+    transport: str
     get_ok: int = 0
     get_attempts: Counter[int] = field(default_factory=Counter)  # attempts of the GETs that succeeded
     get_failures: list[str] = field(default_factory=list)
@@ -70,7 +74,9 @@ class ClientLoad:
     started: float = 0.0
 
     def _client(self, **kwargs: object) -> httpx.Client:
-        transport = Transport() if self.transport else None
+        transport = {"plain": None, "defaults": Transport(), "patient": Transport(retry=PATIENT)}[
+            self.transport
+        ]
         return httpx.Client(
             base_url=self.base_url,
             timeout=CLIENT_TIMEOUT,
@@ -175,7 +181,7 @@ class Run:
         load = self.load
         executed_failed = sum(1 for request_id, _ in load.post_failed if self.executed[request_id])
         lines = [
-            f"{'Transport()' if load.transport else 'plain httpx'}: {self.seconds:.1f} s; "
+            f"{load.transport}: {self.seconds:.1f} s; "
             f"GET ok={load.get_ok} failed={len(load.get_failures)} attempts of ok GETs={dict(load.get_attempts)}; "
             f"POST ok={len(load.post_ok)} failed={len(load.post_failed)} (of which executed: {executed_failed}) "
             f"attempts of ok POSTs={dict(load.post_attempts)}; "
@@ -215,8 +221,8 @@ def _replace_all(kube: Cluster, spec: PodSpec, name: str, load: ClientLoad) -> l
     return old
 
 
-def run(tmp_path: Path, *, transport: bool) -> Run:
-    name = "client" if transport else "plain"
+def run(tmp_path: Path, *, transport: str) -> Run:
+    name = transport
     record_path = tmp_path / f"{name}-executed.txt"
     record_path.touch()
     began = time.monotonic()
@@ -239,8 +245,8 @@ def run(tmp_path: Path, *, transport: bool) -> Run:
 
 def test_client_transport_makes_plain_uvicorn_rollout_lossless(tmp_path: Path) -> None:
     """Transport() with its defaults: 0 failed GETs, no POST executed twice; plain httpx loses GETs."""
-    with_transport = run(tmp_path, transport=True)
-    baseline = run(tmp_path, transport=False)
+    with_transport = run(tmp_path, transport="defaults")
+    baseline = run(tmp_path, transport="plain")
     print(with_transport.summary())
     print(baseline.summary())
     details = f"{with_transport.summary()}\n{baseline.summary()}"
@@ -263,3 +269,8 @@ def test_client_transport_makes_plain_uvicorn_rollout_lossless(tmp_path: Path) -
 
     # Without the transport the same rollout loses requests: the transport made the difference.
     assert baseline.load.get_failures, f"the baseline lost nothing: the test proves nothing\n{details}"
+
+
+def test_try_patient(tmp_path: Path) -> None:
+    result = run(tmp_path, transport="patient")
+    print(result.summary())
