@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import math
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -38,12 +37,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench._local_server import LOCALHOST, free_port, start_server, stop_server
 from graceful.client import AsyncTransport, HedgePolicy, Transport
 
-LOCALHOST = "127.0.0.1"
 TARGET_RATIO = 10.0
 TARGET_EXTRA = 0.10
-STARTUP_SECONDS = 15.0
 WARMUP_PER_WORKER = 20
 CLIENT_TIMEOUT = 10.0
 # A p95 inside the slow mode (more than 5 % of the requests were slow in phase 1) would make the
@@ -88,13 +86,7 @@ def serve(port: int, seed: int, slow_fraction: float, slow: float, fast: float) 
     uvicorn.run(app, host=LOCALHOST, port=port, log_level="warning", access_log=False, lifespan="on")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
+def start_bench_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [sys.executable, __file__, "--serve", str(port), "--seed", str(args.seed)]
     command += [
@@ -105,28 +97,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str
         "--fast",
         str(args.fast),
     ]
-    process = subprocess.Popen(command)
     base = f"http://{LOCALHOST}:{port}"
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode} before it answered")
-        try:
-            if httpx.get(f"{base}/ready", timeout=0.5).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"the server did not answer within {STARTUP_SECONDS:g} s")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
+    return start_server(command, f"{base}/ready"), base
 
 
 def server_count(base: str) -> int:
@@ -268,7 +240,7 @@ def main() -> int:
     if args.requests < 100 or args.threads < 1 or not 2 <= args.max_attempts <= 10:
         parser.error("--requests must be >= 100, --threads >= 1, --max-attempts from 2 to 10")
 
-    process, base = start_server(args)
+    process, base = start_bench_server(args)
     try:
         n, t = args.requests, args.threads
         settle = args.slow + 0.2

@@ -15,7 +15,6 @@ Target (the issue): a request through ``Transport()`` costs at most 1.05x one th
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,11 +27,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench._local_server import LOCALHOST, free_port, start_server, stop_server
 from graceful.client import Transport
 
-LOCALHOST = "127.0.0.1"
 TARGET = 1.05
-STARTUP_SECONDS = 15.0
 WARMUP = 500
 
 Scope = MutableMapping[str, Any]
@@ -52,36 +50,10 @@ def serve(port: int) -> None:
     uvicorn.run(app, host=LOCALHOST, port=port, log_level="warning", access_log=False, lifespan="off")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
+def start_bench_server() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
     base = f"http://{LOCALHOST}:{port}"
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode} before it answered")
-        try:
-            if httpx.get(base, timeout=0.5).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"the server did not answer within {STARTUP_SECONDS:g} s")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
+    return start_server([sys.executable, __file__, "--serve", str(port)], base), base
 
 
 def time_client(client: httpx.Client, url: str, requests: int) -> float:
@@ -117,7 +89,7 @@ def main() -> int:
 
     network: dict[str, list[float]] = {"httpx.HTTPTransport()": [], "Transport()": []}
     mock: dict[str, list[float]] = {"MockTransport alone": [], "Transport(MockTransport)": []}
-    process, url = start_server()
+    process, url = start_bench_server()
     try:
         clients = {
             "httpx.HTTPTransport()": httpx.Client(transport=httpx.HTTPTransport()),
