@@ -21,6 +21,7 @@ from graceful.client import (
     ATTEMPTS_EXTENSION,
     DEADLINE_EXTENSION,
     AsyncTransport,
+    Attempt,
     HedgePolicy,
     RetriesExhausted,
     RetryBudget,
@@ -139,13 +140,41 @@ def test_a_shed_503_from_graceful_is_retried_for_any_method(server: Scripted) ->
 
 
 def test_a_refused_connection_is_retried_for_a_post_and_the_error_keeps_its_class() -> None:
-    """Refused: never sent, so retried whatever the method; the final error is still a ConnectError."""
+    """Refused: never sent, so retried whatever the method; the final error is still a ConnectError.
+
+    The first ``transparent_retries`` (10) refusals do not count toward ``max_attempts`` (3), so
+    the call makes 13 attempts, each transparent retry waiting at most ``initial_backoff``.
+    """
+    started = time.monotonic()
     with httpx.Client(transport=Transport()) as client, pytest.raises(httpx.ConnectError) as caught:
         client.post(closed_url() + "/", content=b"x")
+    took = time.monotonic() - started
     error = caught.value
-    assert isinstance(error, RetriesExhausted) and len(error.attempts) == 3
-    assert "failed after 3 attempts" in str(error) and "Connection refused" in str(error)
+    assert isinstance(error, RetriesExhausted) and len(error.attempts) == 13
+    records = [attempt for attempt in error.attempts if isinstance(attempt, Attempt)]
+    assert [attempt.transparent for attempt in records] == [True] * 10 + [False] * 3
+    assert "failed after 13 attempts" in str(error) and "Connection refused" in str(error)
+    assert "all 3 attempts were made (besides 10 transparent retries)" in str(error)
     assert isinstance(error.__cause__, httpx.ConnectError)
+    # 10 waits of at most 50 ms, then two of at most 50 and 100 ms: the refusals stay cheap.
+    assert took < 10 * 0.05 + 0.15 + 2.0, took
+
+
+def test_transparent_retries_off_counts_refusals_as_attempts() -> None:
+    transport = Transport(retry=RetryPolicy(transparent_retries=0))
+    with httpx.Client(transport=transport) as client, pytest.raises(httpx.ConnectError) as caught:
+        client.get(closed_url() + "/")
+    assert "failed after 3 attempts" in str(caught.value)
+    assert "besides" not in str(caught.value)
+
+
+def test_a_timeout_is_never_a_transparent_retry(server: Scripted) -> None:
+    """Only fast failures are retried transparently: a read timeout counts (and so would a connect timeout)."""
+    server.script = lambda h, n: (time.sleep(0.3), h.answer(200))
+    client = httpx.Client(transport=Transport(retry=RetryPolicy(initial_backoff=0.001)), timeout=0.05)
+    with client, pytest.raises(httpx.ReadTimeout) as caught:
+        client.get(server.url + "/")
+    assert "failed after 3 attempts" in str(caught.value)
 
 
 def test_a_stale_keep_alive_close_is_retried_for_a_get_never_for_a_post(server: Scripted) -> None:
@@ -245,7 +274,8 @@ def test_a_dead_dependency_gets_little_more_than_its_load(
     server: Scripted, dependency: str, budget: RetryBudget | None
 ) -> None:
     """200 calls/s for 10 s to a dependency that fails everything: attempts / calls <= 1.2 with the
-    default budget, max_attempts without one. Real sockets; only the clock is simulated."""
+    default budget; without one, max_attempts (3) for 503s and max_attempts + transparent_retries
+    (13) for refusals. Real sockets; only the clock is simulated."""
     server.script = lambda h, n: h.answer(503)
     url = server.url if dependency == "answers 503" else closed_url()
     now = [1000.0]
@@ -266,7 +296,7 @@ def test_a_dead_dependency_gets_little_more_than_its_load(
         f"attempts / calls = {ratio:.3f}"
     )
     if budget is None:
-        assert ratio == 3.0
+        assert ratio == (3.0 if dependency == "answers 503" else 13.0)
     else:
         assert ratio <= 1.2
 

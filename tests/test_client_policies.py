@@ -140,6 +140,20 @@ def test_a_retry_never_starts_at_or_after_the_deadline() -> None:
     assert delay == pytest.approx(0.09)
 
 
+def test_a_transparent_retry_ignores_max_attempts_and_waits_the_first_backoff() -> None:
+    """A transparent retry is not limited by max_attempts; it waits random(0, initial_backoff)."""
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.1, max_backoff=1.0)
+    delay, why = retry_delay(policy, 5, pushback=None, remaining=10, random=lambda: 0.5, transparent=True)
+    assert delay == pytest.approx(0.05) and why == ""
+    # Retry-After and the deadline still rule.
+    assert retry_delay(policy, 5, pushback=2.0, remaining=10, random=lambda: 0.5, transparent=True) == (
+        2.0,
+        "",
+    )
+    delay, why = retry_delay(policy, 5, pushback=None, remaining=0.01, random=lambda: 0.5, transparent=True)
+    assert delay is None and "deadline" in why
+
+
 @pytest.mark.parametrize(
     ("calls", "retries", "allowed"),
     [
@@ -193,6 +207,8 @@ def test_the_budget_never_lets_retries_exceed_its_bound(events: list[tuple[float
         (lambda: RetryPolicy(backoff_multiplier=0.5), "backoff_multiplier"),
         (lambda: RetryPolicy(deadline=0), "deadline"),
         (lambda: RetryPolicy(retry_statuses=frozenset({700})), "retry_statuses"),
+        (lambda: RetryPolicy(transparent_retries=-1), "transparent_retries"),
+        (lambda: RetryPolicy(transparent_retries=101), "transparent_retries"),
         (lambda: RetryBudget(ratio=-0.1), "ratio"),
         (lambda: RetryBudget(ttl=0), "ttl"),
         (lambda: HedgePolicy(delay=0), "delay"),

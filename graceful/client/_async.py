@@ -58,7 +58,7 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         if call.hedge is not None:
             return await self._hedged(call, call.hedge)
         clock, inner = self.config.clock, self.inner
-        for number in range(1, 1 + (call.policy.max_attempts if call.policy else 1)):
+        for number in range(1, 1 + call.attempt_limit()):
             began = clock()
             try:
                 response = await inner.handle_async_request(call.attempt_request())

@@ -15,7 +15,13 @@ from typing import Any
 
 import httpx
 
-from graceful.client._errors import classify_error, classify_response, exhausted, is_replayable
+from graceful.client._errors import (
+    classify_error,
+    classify_response,
+    exhausted,
+    fails_fast_unseen,
+    is_replayable,
+)
 from graceful.client._policies import (
     IDEMPOTENCY_KEY,
     BudgetWindow,
@@ -55,10 +61,13 @@ class Attempt:
     failure: Failure | None
     #: Started by hedging (not after a failure).
     hedge: bool = False
+    #: Failed fast and unseen (refused, shed), so its retry did not count toward max_attempts.
+    transparent: bool = False
 
     def __str__(self) -> str:
         kind = " hedge" if self.hedge else ""
-        return f"#{self.number}{kind} {self.outcome} after {self.elapsed * 1000:.0f} ms"
+        note = ", retried transparently" if self.transparent else ""
+        return f"#{self.number}{kind} {self.outcome} after {self.elapsed * 1000:.0f} ms{note}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +103,18 @@ class Call:
         self.deadline = deadline
         self.attempts: list[Attempt] = []
         self.stop_reason = ""
+        #: Did the last attempt fail fast and before any server saw it (a transparent retry's cue)?
+        self.last_unseen = False
+        self.transparent_used = 0
         if config.budget is not None:
             config.budget.record_call()
 
     # -- before an attempt ----------------------------------------------------------------------
+
+    def attempt_limit(self) -> int:
+        """The most attempts this call can make: max_attempts plus the transparent retries."""
+        policy = self.policy
+        return 1 if policy is None else policy.max_attempts + policy.transparent_retries
 
     def remaining(self) -> float:
         return self.deadline_at - self.config.clock()
@@ -126,6 +143,7 @@ class Call:
     ) -> Failure | None:
         failure = classify_response(response, self.policy.retry_statuses if self.policy else frozenset())
         self._record(number, began, str(response.status_code), failure, hedge)
+        self.last_unseen = failure is Failure.NEVER_SENT  # graceful's shed 503: the app never ran
         return failure
 
     def record_error(self, exc: Exception, number: int, began: float, hedge: bool = False) -> Failure:
@@ -135,6 +153,7 @@ class Call:
         else:
             outcome = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         self._record(number, began, outcome, failure, hedge)
+        self.last_unseen = fails_fast_unseen(exc)
         return failure
 
     def record_cancelled(self, number: int, began: float) -> None:
@@ -163,19 +182,27 @@ class Call:
         """Seconds to wait before the next attempt, or None to end the call (``stop_reason`` says why)."""
         if not self.may_retry(failure):
             return None
-        assert self.policy is not None
+        policy = self.policy
+        assert policy is not None
+        transparent = self.last_unseen and self.transparent_used < policy.transparent_retries
         delay, why = retry_delay(
-            self.policy,
-            len(self.attempts),
+            policy,
+            len(self.attempts) - self.transparent_used,  # the attempts that count toward max_attempts
             pushback=pushback,
             remaining=self.remaining(),
             random=self.config.random,
+            transparent=transparent,
         )
         if delay is None:
+            if self.transparent_used:
+                why += f" (besides {self.transparent_used} transparent retries)"
             self.stop_reason = why
             return None
         if not self.take_budget():
             return None
+        if transparent:
+            self.transparent_used += 1
+            self.attempts[-1] = dataclasses.replace(self.attempts[-1], transparent=True)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "graceful.client: retrying %s %s in %.3f s (attempt %d: %s)",

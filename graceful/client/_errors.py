@@ -32,6 +32,15 @@ def classify_error(exc: Exception) -> Failure:
     return Failure.FATAL  # LocalProtocolError, UnsupportedProtocol, bugs: the same again
 
 
+def fails_fast_unseen(exc: Exception) -> bool:
+    """Did the attempt fail at once and before any server saw it (refused, no name, TLS)?
+
+    Those are the failures retried transparently (``RetryPolicy.transparent_retries``). A connect
+    or pool timeout is never-sent too, but took a whole timeout: it counts as an attempt.
+    """
+    return isinstance(exc, httpx.ConnectError) and classify_error(exc) is Failure.NEVER_SENT
+
+
 def classify_response(response: httpx.Response, retry_statuses: frozenset[int]) -> Failure | None:
     """None for a response to keep; NEVER_SENT for graceful's shed 503; STATUS for a retryable status."""
     if response.status_code == 503 and response.headers.get(SHED_HEADER) == SHED_VALUE:
@@ -55,6 +64,10 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+#: An error message lists this many attempts at most; ``RetriesExhausted.attempts`` has them all.
+MESSAGE_ATTEMPTS = 6
 
 
 class RetriesExhausted(httpx.TransportError):
@@ -86,8 +99,11 @@ def exhausted(
     last: httpx.TransportError, request: httpx.Request, attempts: tuple[object, ...], why: str
 ) -> RetriesExhausted:
     """The error for a call that ends on ``last``: its class, plus RetriesExhausted, and every attempt."""
-    lines = "; ".join(str(attempt) for attempt in attempts)
     count = len(attempts)
+    shown = [str(attempt) for attempt in attempts]
+    if count > MESSAGE_ATTEMPTS:  # ten transparent retries of a refusal: the first and the last say it
+        shown = [*shown[:2], f"... {count - 4} more ...", *shown[-2:]]
+    lines = "; ".join(shown)
     plural = "attempt" if count == 1 else "attempts"
     message = f"{request.method} {request.url} failed after {count} {plural} ({lines}); not retried: {why}"
     error = _exhausted_class(type(last))(message, request=request)

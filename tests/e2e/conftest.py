@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from tests.e2e.cluster import BALANCERS, missing_requirements
+from tests.e2e.cluster import BALANCERS, OTHER_BALANCERS, missing_requirements
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: it must see the marks added here
@@ -33,8 +33,10 @@ def _balancer_of(item: pytest.Item) -> str:
     callspec = getattr(item, "callspec", None)
     if callspec is not None and "balancer" in callspec.params:
         return str(callspec.params["balancer"])
-    # A test of one balancer alone (test_nginx.py) says which by its mark.
-    return next((name for name in BALANCERS if item.get_closest_marker(name)), "haproxy")
+    # A test of one balancer alone (test_nginx.py) says which by its mark (kube-proxy: kube_proxy).
+    # Its own mark first: a module-wide `haproxy` mark may sit beside it.
+    names = (*OTHER_BALANCERS, *BALANCERS)
+    return next((name for name in names if item.get_closest_marker(name.replace("-", "_"))), "haproxy")
 
 
 @pytest.fixture(autouse=True)

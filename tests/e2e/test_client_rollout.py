@@ -195,6 +195,22 @@ class Run:
         ]
         return "\n".join(lines)
 
+    def never_sent_post_failures(self) -> list[str]:
+        return [
+            f"{type(exc).__name__}: {exc}"
+            for _, exc in self.load.post_failed
+            if classify_error(exc) is Failure.NEVER_SENT
+        ]
+
+    def check_load_and_records(self, details: str) -> None:
+        """Enough load ran, the record works, and no POST ran twice."""
+        assert not self.errors and not self.load.crashes, details
+        assert self.load.get_ok > 500 and len(self.load.post_ok) > 100, f"too little load\n{details}"
+        # The record works: every POST answered 200 was executed, once.
+        assert all(self.executed[request_id] == 1 for request_id in self.load.post_ok), details
+        duplicates = [request_id for request_id, count in self.executed.items() if count > 1]
+        assert not duplicates, f"POSTs executed more than once: {duplicates}\n{details}"
+
 
 def _wait(condition: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
@@ -223,12 +239,12 @@ def _replace_all(kube: Cluster, spec: PodSpec, name: str, load: ClientLoad) -> l
     return old
 
 
-def run(tmp_path: Path, *, transport: str) -> Run:
-    name = transport
+def run(tmp_path: Path, *, transport: str, balancer: str = "haproxy") -> Run:
+    name = f"{balancer}-{transport}"
     record_path = tmp_path / f"{name}-executed.txt"
     record_path.touch()
     began = time.monotonic()
-    with cluster(lag=LAG, grace=GRACE) as kube:
+    with cluster(balancer=balancer, lag=LAG, grace=GRACE) as kube:
         load = ClientLoad(f"http://{LOCALHOST}:{kube.balancer.port}", transport=transport)
         try:
             old = _replace_all(kube, plain_uvicorn_spec(record_path), name, load)
@@ -261,19 +277,9 @@ def test_client_transport_through_a_plain_uvicorn_rollout(tmp_path: Path) -> Non
     details = "\n".join(result.summary() for result in (defaults, patient, baseline))
     print(details)
     for result in (defaults, patient, baseline):
-        assert not result.errors and not result.load.crashes, details
-        assert result.load.get_ok > 500 and len(result.load.post_ok) > 100, f"too little load\n{details}"
-        # The record works: every POST answered 200 was executed, once.
-        assert all(result.executed[request_id] == 1 for request_id in result.load.post_ok), details
-        duplicates = [request_id for request_id, count in result.executed.items() if count > 1]
-        assert not duplicates, f"POSTs executed more than once: {duplicates}\n{details}"
-
+        result.check_load_and_records(details)
     for result in (defaults, patient):
-        never_sent = [
-            f"{type(exc).__name__}: {exc}"
-            for _, exc in result.load.post_failed
-            if classify_error(exc) is Failure.NEVER_SENT
-        ]
+        never_sent = result.never_sent_post_failures()
         assert not never_sent, f"POSTs failed with a never-sent error (retryable, not retried)\n{details}"
 
     # Without the transport the same rollout loses requests: the transport made the difference.
@@ -281,3 +287,25 @@ def test_client_transport_through_a_plain_uvicorn_rollout(tmp_path: Path) -> Non
     assert lost_plain > 0, f"the baseline lost nothing: the test proves nothing\n{details}"
     assert len(defaults.load.get_failures) * 5 <= lost_plain, f"defaults cut too few losses\n{details}"
     assert not patient.load.get_failures, f"GETs failed through Transport(retry=PATIENT)\n{details}"
+
+
+@pytest.mark.kube_proxy
+def test_client_defaults_lose_no_get_behind_kube_proxys_nat_rules(tmp_path: Path) -> None:
+    """The same rollout behind kube-proxy's own mechanism (iptables DNAT, tests/e2e/kube_proxy.py).
+
+    There a pod whose listener closed refuses new connections, as in a cluster: never-sent, so
+    ``Transport()`` retries them transparently (not counted toward max_attempts) until a live pod
+    takes the connection. With the defaults: no GET fails, no POST runs twice, and no POST fails
+    with a never-sent error; plain httpx through the same rules loses requests.
+    """
+    defaults = run(tmp_path, transport="defaults", balancer="kube-proxy")
+    baseline = run(tmp_path, transport="plain", balancer="kube-proxy")
+    details = "\n".join(result.summary() for result in (defaults, baseline))
+    print(details)
+    for result in (defaults, baseline):
+        result.check_load_and_records(details)
+    refused = [failure for failure in baseline.load.get_failures if "ConnectError" in failure]
+    assert refused, f"plain httpx met no refused connection: the rules did not route to a dead pod\n{details}"
+    assert not defaults.load.get_failures, f"GETs failed through Transport()\n{details}"
+    never_sent = defaults.never_sent_post_failures()
+    assert not never_sent, f"POSTs failed with a never-sent error (retryable, not retried)\n{details}"
