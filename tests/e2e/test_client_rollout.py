@@ -11,6 +11,10 @@ sees a connection closed without a response. The same rollout runs three times:
   cut to a fifth of plain httpx's or less;
 - with ``Transport(retry=PATIENT)``, retries that outlast the lag: no GET fails;
 - with a plain ``httpx.Client``: GETs fail, so the transport is what made the difference.
+
+Then twice behind kube-proxy's own mechanism (iptables DNAT, tests/e2e/kube_proxy.py), where the
+dead pod refuses new connections as in a cluster: ``Transport()`` with its defaults loses no GET
+(refusals are retried transparently), plain httpx does.
 """
 
 from __future__ import annotations
@@ -265,9 +269,10 @@ def test_client_transport_through_a_plain_uvicorn_rollout(tmp_path: Path) -> Non
     """Plain uvicorn pods replaced behind HAProxy (lag 2 s), the same load three ways.
 
     - ``Transport()`` (defaults): no POST runs twice, every failed POST is one that may have reached
-      the app, and GET losses fall to a fifth of plain httpx's or less (measured: 93 % fewer). Not
-      to zero: for 2 s a third of new connections meet the dead pod, and three attempts within
-      ~150 ms all meet it for a few of the ~100 GETs whose first attempt did.
+      the app, and GET losses fall to a fifth of plain httpx's or less (measured: 96 % fewer). Not
+      to zero: HAProxy accepts the connection and closes it when the pod refuses, which the client
+      cannot tell from a crash (no transparent retry), and three counted attempts within ~150 ms
+      all meet the dead pod for a few of the GETs whose first attempt did.
     - ``Transport(retry=PATIENT)``: retries that outlast the lag lose no GET.
     - plain ``httpx.Client``: GETs fail, so the transport is what made the difference.
     """
