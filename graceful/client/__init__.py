@@ -4,12 +4,15 @@
 table): anything that provably never reached the application, and idempotent requests after a
 502/503/504, a connection closed before the response, or a read timeout; with gRPC's backoff,
 ``Retry-After`` pushback, one deadline per call and a retry budget per transport. ``HedgePolicy``
-adds hedged requests. Needs the ``client`` extra (httpx).
+adds hedged requests. ``Transport(endpoints=...)`` balances over a set of endpoints itself:
+hears graceful's drain notice, ejects outliers, warms newcomers (``BalancePolicy``). Needs the
+``client`` extra (httpx).
 """
 
 from __future__ import annotations
 
 from graceful.client._async import AsyncTransport
+from graceful.client._balancing import BalancePolicy, EndpointView, OutlierPolicy, SlowStart
 from graceful.client._call import (
     ATTEMPTS_EXTENSION,
     DEADLINE_EXTENSION,
@@ -29,10 +32,14 @@ __all__ = [
     "RETRY_EXTENSION",
     "AsyncTransport",
     "Attempt",
+    "BalancePolicy",
+    "EndpointView",
     "Failure",
     "HedgePolicy",
+    "OutlierPolicy",
     "RetriesExhausted",
     "RetryBudget",
     "RetryPolicy",
+    "SlowStart",
     "Transport",
 ]

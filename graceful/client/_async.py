@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable
 import anyio
 import httpx
 
+from graceful.client._balancing import BalancePolicy, Balancer, Endpoints, EndpointView
 from graceful.client._call import Call, Config, discard_size
 from graceful.client._policies import BudgetWindow, Failure, HedgePolicy, RetryBudget, RetryPolicy
-from graceful.client._sync import DEFAULT_BUDGET, DEFAULT_RETRY, _log_hedge
+from graceful.client._sources import make_source
+from graceful.client._sync import DEFAULT_BALANCE, DEFAULT_BUDGET, DEFAULT_RETRY, _log_hedge
 
 Outcome = tuple[int, float, "httpx.Response | httpx.TransportError"]
 
@@ -23,8 +25,9 @@ class AsyncTransport(httpx.AsyncBaseTransport):
 
     ``httpx.AsyncClient(transport=AsyncTransport())`` is the whole wiring.
 
-    Same policies and defaults as ``Transport``. Losing hedged attempts are cancelled, which
-    closes their connections.
+    Same policies, defaults and balancing as ``Transport``. Losing hedged attempts are cancelled,
+    which closes their connections. The first resolution of ``endpoints`` (and every DNS lookup
+    after it) runs on a worker thread, never on the event loop.
     """
 
     def __init__(
@@ -34,6 +37,8 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         retry: RetryPolicy | None = DEFAULT_RETRY,
         budget: RetryBudget | None = DEFAULT_BUDGET,
         hedge: HedgePolicy | None = None,
+        endpoints: Endpoints | None = None,
+        balance: BalancePolicy = DEFAULT_BALANCE,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         random: Callable[[], float] = random.random,
@@ -47,6 +52,13 @@ class AsyncTransport(httpx.AsyncBaseTransport):
             random=random,
         )
         self._sleep = sleep if sleep is not None else anyio.sleep
+        self.balancer = (
+            None
+            if endpoints is None
+            else Balancer(
+                make_source(endpoints, refresh=balance.refresh), balance, clock=clock, random=random
+            )
+        )
 
     def __repr__(self) -> str:
         config = self.config
@@ -57,11 +69,11 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         call = Call(self.config, request)
         if call.hedge is not None:
             return await self._hedged(call, call.hedge)
-        clock, inner = self.config.clock, self.inner
+        clock = self.config.clock
         for number in range(1, 1 + call.attempt_limit()):
             began = clock()
             try:
-                response = await inner.handle_async_request(call.attempt_request())
+                response = await self._send(call, number)
             except httpx.TransportError as exc:
                 delay = call.next_retry(call.record_error(exc, number, began))
                 if delay is None:
@@ -77,6 +89,26 @@ class AsyncTransport(httpx.AsyncBaseTransport):
             await self._sleep(delay)
         raise AssertionError("unreachable: the last attempt always ends the call")  # pragma: no cover
 
+    async def _send(self, call: Call, number: int) -> httpx.Response:
+        """One attempt: to the inner transport, through an endpoint of the set when balancing."""
+        balancer = self.balancer
+        if balancer is None:
+            return await self.inner.handle_async_request(call.attempt_request())
+        if balancer.needs_first_resolution():
+            await anyio.to_thread.run_sync(balancer.source.refresh_now)
+        pick = balancer.pick(avoid=call.tried)
+        call.went_to(number, pick.endpoint.address)
+        try:
+            response = await self.inner.handle_async_request(pick.route(call.attempt_request()))
+        except BaseException as exc:  # a cancelled hedge too: its in-flight count must drop
+            pick.failed(exc)
+            raise
+        return pick.answered(response)
+
+    def endpoints(self) -> list[EndpointView]:
+        """The balancer's view of each endpoint (empty without ``endpoints=``)."""
+        return [] if self.balancer is None else self.balancer.view()
+
     async def _hedged(self, call: Call, hedge: HedgePolicy) -> httpx.Response:
         """As ``Transport._hedged``, with tasks: the losers are cancelled, not only closed."""
         clock = self.config.clock
@@ -89,9 +121,7 @@ class AsyncTransport(httpx.AsyncBaseTransport):
 
         async def attempt(number: int, began: float) -> None:
             try:
-                outcome: httpx.Response | httpx.TransportError = await self.inner.handle_async_request(
-                    call.attempt_request()
-                )
+                outcome: httpx.Response | httpx.TransportError = await self._send(call, number)
             except httpx.TransportError as exc:
                 outcome = exc
             send.send_nowait((number, began, outcome))  # room for every attempt: never blocks
@@ -165,6 +195,8 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         raise call.error(last_error) from last_error
 
     async def aclose(self) -> None:
+        if self.balancer is not None:
+            self.balancer.close()
         await self.inner.aclose()
 
 

@@ -34,6 +34,7 @@ from graceful.client._policies import (
     retry_delay,
     why_not_retry,
 )
+from graceful.client._sources import Address
 
 logger = logging.getLogger("graceful.client")
 
@@ -63,11 +64,14 @@ class Attempt:
     hedge: bool = False
     #: Failed fast and unseen (refused, shed), so its retry did not count toward max_attempts.
     transparent: bool = False
+    #: The endpoint it went to, with ``Transport(endpoints=...)`` ("10.0.0.5:8000"); else "".
+    endpoint: str = ""
 
     def __str__(self) -> str:
         kind = " hedge" if self.hedge else ""
+        where = f" at {self.endpoint}" if self.endpoint else ""
         note = ", retried transparently" if self.transparent else ""
-        return f"#{self.number}{kind} {self.outcome} after {self.elapsed * 1000:.0f} ms{note}"
+        return f"#{self.number}{kind} {self.outcome}{where} after {self.elapsed * 1000:.0f} ms{note}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +110,10 @@ class Call:
         #: Did the last attempt fail fast and before any server saw it (a transparent retry's cue)?
         self.last_unseen = False
         self.transparent_used = 0
+        #: With client-side balancing: the endpoints tried so far (a retry prefers another one),
+        #: and which attempt went where.
+        self.tried: list[Address] = []
+        self.endpoint_of: dict[int, str] = {}
         if config.budget is not None:
             config.budget.record_call()
 
@@ -118,6 +126,10 @@ class Call:
 
     def remaining(self) -> float:
         return self.deadline_at - self.config.clock()
+
+    def went_to(self, number: int, address: Address) -> None:
+        self.tried.append(address)
+        self.endpoint_of[number] = str(address)
 
     def attempt_request(self) -> httpx.Request:
         """The request to send now: with a deadline, every httpx timeout is cut to the time left."""
@@ -161,7 +173,10 @@ class Call:
 
     def _record(self, number: int, began: float, outcome: str, failure: Failure | None, hedge: bool) -> None:
         now = self.config.clock()
-        self.attempts.append(Attempt(number, began - self.started, now - began, outcome, failure, hedge))
+        where = self.endpoint_of.get(number, "")
+        self.attempts.append(
+            Attempt(number, began - self.started, now - began, outcome, failure, hedge, endpoint=where)
+        )
 
     def pushback(self, response: httpx.Response) -> float | None:
         """The server's Retry-After, in seconds from now, or None."""

@@ -13,11 +13,14 @@ from collections.abc import Callable
 
 import httpx
 
+from graceful.client._balancing import BalancePolicy, Balancer, Endpoints, EndpointView
 from graceful.client._call import Call, Config, discard_size, logger
 from graceful.client._policies import BudgetWindow, Failure, HedgePolicy, RetryBudget, RetryPolicy
+from graceful.client._sources import make_source
 
 DEFAULT_RETRY = RetryPolicy()
 DEFAULT_BUDGET = RetryBudget()
+DEFAULT_BALANCE = BalancePolicy()
 #: Threads that run hedged attempts at once, per transport: a bound on what a slow dependency holds.
 HEDGE_THREADS = 32
 
@@ -26,7 +29,10 @@ class Transport(httpx.BaseTransport):
     """Wraps ``transport`` (default ``httpx.HTTPTransport()``): ``httpx.Client(transport=Transport())``.
 
     ``retry=None`` disables retries, ``budget=None`` removes the retry budget; ``hedge`` turns on
-    hedging for idempotent requests. ``clock``, ``sleep`` and ``random`` are injectable for tests.
+    hedging for idempotent requests. ``endpoints`` makes the transport its own load balancer: each
+    attempt goes to one endpoint of that set (a list of "host:port", "dns:///name:port",
+    "file:///path", a callable), chosen and judged as ``balance`` says (docs/client.md,
+    "Balancing"). ``clock``, ``sleep`` and ``random`` are injectable for tests.
     """
 
     def __init__(
@@ -36,6 +42,8 @@ class Transport(httpx.BaseTransport):
         retry: RetryPolicy | None = DEFAULT_RETRY,
         budget: RetryBudget | None = DEFAULT_BUDGET,
         hedge: HedgePolicy | None = None,
+        endpoints: Endpoints | None = None,
+        balance: BalancePolicy = DEFAULT_BALANCE,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         random: Callable[[], float] = random.random,
@@ -49,6 +57,13 @@ class Transport(httpx.BaseTransport):
             random=random,
         )
         self._sleep = sleep
+        self.balancer = (
+            None
+            if endpoints is None
+            else Balancer(
+                make_source(endpoints, refresh=balance.refresh), balance, clock=clock, random=random
+            )
+        )
         self._hedge_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -61,11 +76,11 @@ class Transport(httpx.BaseTransport):
         call = Call(self.config, request)
         if call.hedge is not None:
             return self._hedged(call, call.hedge)
-        clock, inner = self.config.clock, self.inner
+        clock = self.config.clock
         for number in range(1, 1 + call.attempt_limit()):
             began = clock()
             try:
-                response = inner.handle_request(call.attempt_request())
+                response = self._send(call, number)
             except httpx.TransportError as exc:
                 delay = call.next_retry(call.record_error(exc, number, began))
                 if delay is None:
@@ -81,6 +96,26 @@ class Transport(httpx.BaseTransport):
             self._sleep(delay)
         raise AssertionError("unreachable: the last attempt always ends the call")  # pragma: no cover
 
+    def _send(self, call: Call, number: int) -> httpx.Response:
+        """One attempt: to the inner transport, through an endpoint of the set when balancing."""
+        balancer = self.balancer
+        if balancer is None:
+            return self.inner.handle_request(call.attempt_request())
+        if balancer.needs_first_resolution():
+            balancer.source.refresh_now()
+        pick = balancer.pick(avoid=call.tried)
+        call.went_to(number, pick.endpoint.address)
+        try:
+            response = self.inner.handle_request(pick.route(call.attempt_request()))
+        except BaseException as exc:
+            pick.failed(exc)
+            raise
+        return pick.answered(response)
+
+    def endpoints(self) -> list[EndpointView]:
+        """The balancer's view of each endpoint (empty without ``endpoints=``)."""
+        return [] if self.balancer is None else self.balancer.view()
+
     # -- hedging ----------------------------------------------------------------------------------
 
     def _hedged(self, call: Call, hedge: HedgePolicy) -> httpx.Response:
@@ -94,7 +129,7 @@ class Transport(httpx.BaseTransport):
         def launch() -> None:
             nonlocal launched
             launched += 1
-            pending[pool.submit(self.inner.handle_request, call.attempt_request())] = (launched, clock())
+            pending[pool.submit(self._send, call, launched)] = (launched, clock())
 
         launch()
         # Bounded: each pass ends an attempt, starts one, or ends the call.
@@ -161,6 +196,8 @@ class Transport(httpx.BaseTransport):
     def close(self) -> None:
         if self._hedge_pool is not None:
             self._hedge_pool.shutdown(wait=False, cancel_futures=True)
+        if self.balancer is not None:
+            self.balancer.close()
         self.inner.close()
 
 
