@@ -273,7 +273,9 @@ def test_the_async_transport_hears_the_drain_too(pods: Callable[[str], Pod]) -> 
 # -- outlier ejection -------------------------------------------------------------------------------
 
 
-def test_a_pod_answering_500_is_ejected_within_five_requests_and_readmitted(pods: Callable[[str], Pod]) -> None:
+def test_a_pod_answering_500_is_ejected_within_five_requests_and_readmitted(
+    pods: Callable[[str], Pod],
+) -> None:
     a, b, c = pods("a"), pods("b"), pods("c")
     a.script = lambda handler: (500, {})
     outlier = OutlierPolicy(base_ejection=2.0)

@@ -298,7 +298,7 @@ backend be
 class PodSpec:
     """What a Deployment's pod template says: entrypoint, environment, probes, lifecycle hook."""
 
-    argv: Sequence[str]  # "{port}" is replaced by the pod's port
+    argv: Sequence[str]  # "{port}" is replaced by the pod's port, "{host}" by its IP
     env: Mapping[str, str] = field(default_factory=dict)
     pre_stop: PreStop = None
     readiness_path: str = "/healthz/ready"
@@ -313,6 +313,7 @@ class Pod:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes]
+    host: str = LOCALHOST  # the pod's IP: 127.0.0.1, or its own loopback address (pod_ips)
     pid1: int = 0  # host pid of the namespace's PID 1 (the entrypoint)
     slot: str | None = None
     started_at: float = 0.0
@@ -353,8 +354,15 @@ class Cluster:
         probe_period: float = 0.3,
         grace: float = 30.0,
         max_pod_seconds: float = 300.0,
+        pod_ips: Sequence[str] = (),
+        pod_port: int = 0,
     ) -> None:
+        """``pod_ips``: give each pod its own loopback address from this list, all on one port
+        (``pod_port``, a free one if 0), as pod IPs behind a headless Service; else each pod gets
+        127.0.0.1 and a port of its own."""
         self.workdir = workdir
+        self._free_ips = list(pod_ips)
+        self.pod_port = (pod_port or free_port()) if pod_ips else 0
         self.balancer = balancer
         self.lag = lag
         self.probe_period = probe_period
@@ -369,8 +377,13 @@ class Cluster:
     # -- pod start: the container runtime ---------------------------------------------------------
 
     def start_pod(self, name: str, spec: PodSpec) -> Pod:
-        port = free_port()
-        argv = [part.replace("{port}", str(port)) for part in spec.argv]
+        if self.pod_port:
+            if not self._free_ips:
+                raise RuntimeError("every pod IP given to the cluster is used")
+            host, port = self._free_ips.pop(0), self.pod_port
+        else:
+            host, port = LOCALHOST, free_port()
+        argv = [part.replace("{port}", str(port)).replace("{host}", host) for part in spec.argv]
         if argv and argv[0] == "python":  # this interpreter (a virtualenv's is not always on PATH)
             argv[0] = sys.executable
         env = {key: value for key, value in os.environ.items() if not key.startswith("GRACEFUL_")}
@@ -396,7 +409,7 @@ class Cluster:
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
             )
-        pod = Pod(name=name, spec=spec, port=port, log_path=log_path, process=process)
+        pod = Pod(name=name, spec=spec, port=port, log_path=log_path, process=process, host=host)
         pod.started_at = time.monotonic()
         with self._lock:
             self.pods.append(pod)
@@ -434,7 +447,7 @@ class Cluster:
     # -- kubelet: readiness probe -----------------------------------------------------------------
 
     def _kubelet_probe(self, pod: Pod) -> None:
-        url = f"http://{LOCALHOST}:{pod.port}{pod.spec.readiness_path}"
+        url = f"http://{pod.host}:{pod.port}{pod.spec.readiness_path}"
         deadline = pod.started_at + self.max_pod_seconds
         with httpx.Client(timeout=1.0, trust_env=False) as client:
             for _ in range(int(self.max_pod_seconds / self.probe_period) + 1):
@@ -475,7 +488,11 @@ class Cluster:
         if pod.deleted_at is not None or self._stop.is_set():
             return  # deleted before its endpoint appeared: it never gets one
         pod.slot = self.balancer.take_slot()
-        self.balancer.add(pod.slot, pod.port)
+        add_address = getattr(self.balancer, "add_address", None)
+        if add_address is not None:  # a registry of pod IPs (tests/e2e/dns_registry.py)
+            add_address(pod.slot, pod.host, pod.port)
+        else:
+            self.balancer.add(pod.slot, pod.port)
         pod.added_at = time.monotonic()
         pod.added.set()
 
@@ -528,7 +545,7 @@ class Cluster:
             self._wait_exit(pod, min(float(hook[1]), kill_at - began))
             pod.pre_stop_result = f"exec sleep {hook[1]}"
         else:
-            url = f"http://{LOCALHOST}:{pod.port}{hook[1]}"
+            url = f"http://{pod.host}:{pod.port}{hook[1]}"
             try:
                 with httpx.Client(timeout=max(0.1, kill_at - began), trust_env=False) as client:
                     response = client.get(url)
