@@ -356,3 +356,38 @@ def test_policies_fail_at_construction_naming_the_field() -> None:
         with pytest.raises(SettingsError) as caught:
             make()
         assert caught.value.field == field_name and "allowed" in str(caught.value)
+
+
+def test_a_joining_pod_gets_the_curves_share_measured_at_the_pods(pods: Callable[[str], Pod]) -> None:
+    """Real servers, real time: a third pod joins two warm ones under steady load; per second of
+    the window, the requests it received per warm pod's requests follow warmup_share within 10 points."""
+    warm_a, warm_b, newcomer = pods("a"), pods("b"), pods("new")
+    window, curve, min_share = 5.0, 2.0, 0.1
+    source = MutableSource([warm_a.address, warm_b.address])
+    policy = BalancePolicy(slow_start=SlowStart(window=window, curve=curve, min_share=min_share))
+    with httpx.Client(transport=Transport(endpoints=source, balance=policy)) as client:
+        for _ in range(10):
+            client.get("http://svc/work")  # the first resolution: a and b are warm
+        source.set([warm_a.address, warm_b.address, newcomer.address])
+        joined = time.monotonic()
+        for _ in range(100_000):  # steady closed-loop load through the window and a second more
+            if time.monotonic() - joined > window + 1:
+                break
+            client.get("http://svc/work")
+
+    def per_second(pod: Pod) -> collections.Counter[int]:
+        with pod.lock:
+            return collections.Counter(
+                int(at - joined) for at, path, _ in pod.requests if path == "/work" and at >= joined
+            )
+
+    a, b, new = per_second(warm_a), per_second(warm_b), per_second(newcomer)
+    rows = []
+    for second in range(int(window) + 1):
+        warm = (a[second] + b[second]) / 2
+        measured = new[second] / warm
+        expected = warmup_share(second + 0.5, window=window, curve=curve, min_share=min_share)
+        rows.append((second, round(measured, 3), round(expected, 3), a[second], b[second], new[second]))
+    print(rows)
+    assert all(warm >= 15 for _, _, _, warm, _, _ in rows), rows  # enough load to measure a share
+    assert all(abs(measured - expected) <= 0.10 for _, measured, expected, *_ in rows), rows
