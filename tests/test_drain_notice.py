@@ -115,6 +115,22 @@ def test_asgi_notice_counts_down_while_draining(envoy: bool) -> None:
         lifecycle.close()
 
 
+def test_a_process_stopping_alone_closes_connections_without_a_notice() -> None:
+    """uvicorn's linger (max_requests, TTOU: this process stops, the instance serves on) sends
+    Connection: close, but no drain notice: the instance is not draining."""
+    clock = FakeClock()
+    lifecycle = make_lifecycle(clock, envoy_immediate_fail=True)
+    try:
+        with uvicorn_server(AsgiMiddleware(starlette_app, lifecycle=lifecycle)) as url:
+            assert get(url + "/healthz/ready").status_code == 200
+            lifecycle.terminating[0] = True  # what graceful.uvicorn.linger sets
+            response = get(url + "/ok")
+            assert response.headers["connection"] == "close"
+            assert notice(response) == ([], [])
+    finally:
+        lifecycle.close()
+
+
 @pytest.mark.parametrize("envoy", [False, True], ids=["plain", "envoy_immediate_fail"])
 @pytest.mark.parametrize("server", sorted(SERVERS))
 def test_wsgi_notice_counts_down_while_draining(server: str, envoy: bool) -> None:
