@@ -10,7 +10,7 @@ from graceful._checks import Checks
 from graceful._lifecycle import Lifecycle
 from graceful._phase import Phase
 from graceful._policies import may_shutdown, query_flag
-from graceful._wire import SHED_HEADER, SHED_VALUE
+from graceful._wire import DRAIN_HEADER, ENVOY_IMMEDIATE_FAIL_HEADER, SHED_HEADER, SHED_VALUE
 
 if TYPE_CHECKING:
     from graceful._admission import AdmissionBase
@@ -28,17 +28,42 @@ class Reply:
     #: /shutdown?wait=1: hold the reply until the drain delay is over.
     wait_for_drain: bool = False
 
-    def headers(self, *, head: bool = False, close: bool = False) -> list[tuple[bytes, bytes]]:
+    def headers(
+        self, *, head: bool = False, close: bool = False, notice: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> list[tuple[bytes, bytes]]:
+        """The response's headers; ``notice``: the drain notice (``drain_notice``) to add."""
         headers = [
             (b"content-type", self.content_type),
             (b"content-length", str(len(self.body)).encode()),
             # Probe answers describe this instant; a cache in between must not replay them.
             (b"cache-control", b"no-store"),
             *self.extra_headers,
+            *notice,
         ]
         if close:
             headers.append((b"connection", b"close"))
         return headers
+
+
+def drain_notice(lifecycle: Lifecycle) -> tuple[tuple[bytes, bytes], ...]:
+    """Headers every response carries while the instance drains; none while it serves.
+
+    ``graceful-drain: <seconds of drain delay left>`` (graceful._wire.DRAIN_HEADER), and with
+    ``envoy_immediate_fail`` Envoy's ``x-envoy-immediate-health-check-fail: true``: an Envoy that
+    health-checks the instance actively fails the host on the first such response (Envoy's router
+    filter docs) rather than at its next check. Both are end-to-end headers (RFC 9110 7.6.1), so
+    every server passes them on, unlike ``Connection: close``.
+    """
+    seconds = lifecycle.drain_notice_seconds()
+    if seconds is None:
+        return ()
+    notice = (DRAIN_HEADER.encode(), str(seconds).encode())
+    if lifecycle.settings.envoy_immediate_fail:
+        return (notice, _ENVOY_FAIL)
+    return (notice,)
+
+
+_ENVOY_FAIL = (ENVOY_IMMEDIATE_FAIL_HEADER.encode(), b"true")
 
 
 def shed_reply(retry_after: int) -> Reply:

@@ -24,6 +24,7 @@ from graceful._board import (
     StateBoard,
 )
 from graceful._phase import Phase
+from graceful._policies import drain_notice_seconds
 from graceful._settings import Settings
 
 logger = logging.getLogger("graceful")
@@ -306,6 +307,18 @@ class Lifecycle:
         if deadline is None or self.board.phase is not Phase.DRAINING:
             return 0.0
         return max(0.0, deadline - self.clock())
+
+    def drain_notice_seconds(self) -> int | None:
+        """The ``Graceful-Drain`` value: whole seconds of drain delay left (rounded up), 0 once the
+        delay is over or was skipped (STOPPING: in-flight work finishing); None while not terminating.
+        """
+        board = self.board
+        phase = board.phase
+        if not phase.is_terminating:
+            return None
+        if phase is not Phase.DRAINING:
+            return 0
+        return drain_notice_seconds(board.drain_started_at, self.drain_delay, self.clock())
 
     def drain_delay_over(self) -> bool:
         deadline = self.drain_deadline()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import math
 from collections.abc import Iterable
 
 #: Request headers that proxies add and direct callers (curl in a preStop hook, the kubelet) never
@@ -112,6 +113,16 @@ def may_shutdown(
 def drain_deadline(drain_started_at: float | None, drain_delay: float) -> float | None:
     """When serving ends: drain start + delay (None while not draining)."""
     return None if drain_started_at is None else drain_started_at + drain_delay
+
+
+def drain_notice_seconds(drain_started_at: float | None, drain_delay: float, now: float) -> int:
+    """Whole seconds of drain delay left, the value of the ``Graceful-Drain`` response header.
+
+    seconds = max(0, ceil(drain_started_at + drain_delay - now)); 0 when no drain began.
+    Rounded up, so a client reads 0 only once the delay is over (the listener may close any moment).
+    """
+    deadline = drain_deadline(drain_started_at, drain_delay)
+    return 0 if deadline is None else max(0, math.ceil(deadline - now))
 
 
 def query_flag(query: str, name: str) -> bool:

@@ -95,6 +95,10 @@ class Settings:
     #: Under plain ``uvicorn app:app``, let the middleware take over uvicorn's SIGTERM handler so the
     #: drain delay applies without ``graceful.uvicorn`` (see docs/uvicorn.md).
     chain_server_signals: bool = True
+    #: While draining, every response also carries ``x-envoy-immediate-health-check-fail: true``:
+    #: an Envoy that health-checks this instance actively takes it out of its rotation on the first
+    #: such response, instead of at its next check (Envoy's router docs; issue 12).
+    envoy_immediate_fail: bool = False
     #: Seconds an idle keep-alive connection stays open, applied by ``graceful.uvicorn`` and the
     #: gunicorn worker classes unless the server's own option is given (uvicorn's
     #: ``--timeout-keep-alive``, gunicorn's ``--keep-alive``). It must be longer than the idle
@@ -172,7 +176,13 @@ class Settings:
                 "concurrency cap that ramps up to it; allowed: set max_concurrency, or warmup_window=0",
                 field="warmup_window",
             )
-        for name in ("shutdown_trust_loopback", "shutdown_allow_get", "log_probes", "chain_server_signals"):
+        for name in (
+            "shutdown_trust_loopback",
+            "shutdown_allow_get",
+            "log_probes",
+            "chain_server_signals",
+            "envoy_immediate_fail",
+        ):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise SettingsError(f"{name}={value!r} is not a boolean; allowed: True or False", field=name)

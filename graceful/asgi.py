@@ -1,4 +1,5 @@
-"""ASGI middleware: probes, /shutdown, in-flight counting, ``Connection: close`` while draining.
+"""ASGI middleware: probes, /shutdown, in-flight counting, ``Connection: close`` and the drain
+notice (``graceful-drain``) while draining.
 
     app = GracefulMiddleware(app)            # settings from GRACEFUL_* environment variables
     app = GracefulMiddleware(app, drain_delay=10)
@@ -15,7 +16,7 @@ from typing import Any
 from graceful._admission import AdmissionControl
 from graceful._board import REQUEST_STARTED
 from graceful._checks import Check, CheckKind, Checks
-from graceful._control import ControlPlane, Request, shed_reply
+from graceful._control import ControlPlane, Request, drain_notice, shed_reply
 from graceful._lifecycle import Lifecycle, lifecycle_for
 from graceful._logging import install_probe_log_filter
 from graceful._policies import is_forwarded
@@ -91,18 +92,23 @@ class GracefulMiddleware:
             return
         admission = self._admission
         if admission is not None and not await admission.acquire():
-            await _shed(send, admission.retry_after())
+            await _shed(send, admission.retry_after(), drain_notice(self.lifecycle))
             return
 
         def send_closing_when_draining(
-            message: Message, send: Send = send, terminating: list[bool] = self._terminating
+            message: Message,
+            send: Send = send,
+            terminating: list[bool] = self._terminating,
+            lifecycle: Lifecycle = self.lifecycle,
         ) -> Awaitable[None]:
             # Decided when the response starts, not when the request came in: a response that
-            # begins during the drain tells the client to take its next request elsewhere.
+            # begins during the drain tells the client to take its next request elsewhere, and
+            # how long this instance still serves (drain_notice: nothing when only this process
+            # stops, as in linger after max_requests, while the instance serves on).
             # A plain function returning send's awaitable: no coroutine frame per message;
             # default arguments instead of closure cells: cheaper to make and to read.
             if terminating[0] and message["type"] == "http.response.start":
-                message = _with_connection_close(message)
+                message = _with_connection_close(message, drain_notice(lifecycle))
             return send(message)
 
         # The request counts until the app returns: after the whole body was sent, a streamed body
@@ -169,11 +175,12 @@ class GracefulMiddleware:
         if reply.wait_for_drain:
             await self._wait_for_drain_delay()
         close = self.lifecycle.phase.is_terminating
+        notice = drain_notice(self.lifecycle) if close else ()
         await send(
             {
                 "type": "http.response.start",
                 "status": reply.status,
-                "headers": reply.headers(close=close),
+                "headers": reply.headers(close=close, notice=notice),
             }
         )
         await send({"type": "http.response.body", "body": b"" if request.method == "HEAD" else reply.body})
@@ -215,10 +222,11 @@ class GracefulMiddleware:
         self._runtime.start()
 
 
-async def _shed(send: Send, retry_after: int) -> None:
+async def _shed(send: Send, retry_after: int, notice: tuple[tuple[bytes, bytes], ...]) -> None:
     """503 for a request over the cap: retry later, on a new connection (likely another instance)."""
     reply = shed_reply(retry_after)
-    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers(close=True)})
+    headers = reply.headers(close=True, notice=notice)
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
 
 
@@ -232,11 +240,12 @@ class _EveryPath:
 _EVERY_PATH = _EveryPath()
 
 
-def _with_connection_close(message: Message) -> Message:
-    """A copy of a response-start message whose headers say ``Connection: close`` (RFC 9112 9.6)."""
+def _with_connection_close(message: Message, notice: tuple[tuple[bytes, bytes], ...] = ()) -> Message:
+    """A copy of a response-start message whose headers say ``Connection: close`` (RFC 9112 9.6),
+    with the drain notice (graceful._control.drain_notice) added."""
     headers = message.get("headers") or ()
     for name, _ in headers:
         if name.lower() == _CONNECTION:  # the app set one: replace it
             headers = [(name, value) for name, value in headers if name.lower() != _CONNECTION]
             break
-    return {**message, "headers": [*headers, _CLOSE_HEADER]}
+    return {**message, "headers": [*headers, _CLOSE_HEADER, *notice]}

@@ -1,5 +1,5 @@
-"""WSGI middleware: probes, /shutdown, in-flight counting, ``Connection: close`` while draining,
-dependency checks and warm-up admission control.
+"""WSGI middleware: probes, /shutdown, in-flight counting, ``Connection: close`` and the drain
+notice (``graceful-drain``) while draining, dependency checks and warm-up admission control.
 
     app = GracefulMiddleware(app)                    # settings from GRACEFUL_* environment variables
     flask_app.wsgi_app = GracefulMiddleware(flask_app.wsgi_app)             # Flask
@@ -25,7 +25,7 @@ from typing import Any, Protocol, cast
 from graceful._admission import ThreadAdmissionControl
 from graceful._board import REQUEST_STARTED, TERMINATING_PHASE
 from graceful._checks import Check, CheckKind, Checks
-from graceful._control import ControlPlane, Reply, Request, shed_reply
+from graceful._control import ControlPlane, Reply, Request, drain_notice, shed_reply
 from graceful._lifecycle import Lifecycle, find_wrapped, lifecycle_for
 from graceful._logging import install_probe_log_filter
 from graceful._policies import is_forwarded
@@ -142,7 +142,7 @@ class GracefulMiddleware:
             # next request on it is still served during the delay, and closes it.
             if not self._terminating[0]:
                 self.lifecycle.poll()  # another process moved the phase: tell this process's listeners
-            start_response = closing_start_response(start_response, environ)
+            start_response = _Noticing(closing_start_response(start_response, environ), self.lifecycle)
         if self._guarded:
             return self._call_guarded(environ, start_response)
         counts = self._counts
@@ -184,7 +184,9 @@ class GracefulMiddleware:
     def _shed(self, environ: Environ, start_response: StartResponse, retry_after: int) -> list[bytes]:
         """503 for a request over the cap: retry later, on a new connection (likely another instance)."""
         reply = shed_reply(retry_after)
-        self._closing(environ, start_response)(_status_line(reply.status), _str_headers(reply))
+        # A request that arrived during the drain has a start_response that adds the notice already.
+        notice = () if isinstance(start_response, _Noticing) else drain_notice(self.lifecycle)
+        self._closing(environ, start_response)(_status_line(reply.status), _str_headers(reply, notice))
         return [reply.body]
 
     def _serve_special(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -272,9 +274,11 @@ class GracefulMiddleware:
         reply = self.control.answer(request)
         if reply.wait_for_drain:
             self._wait_for_drain_delay()
+        notice: tuple[tuple[bytes, bytes], ...] = ()
         if self.lifecycle.phase.is_terminating:
             start_response = self._closing(environ, start_response)
-        start_response(_status_line(reply.status), _str_headers(reply))
+            notice = drain_notice(self.lifecycle)
+        start_response(_status_line(reply.status), _str_headers(reply, notice))
         return [b"" if request.method == "HEAD" else reply.body]
 
     def _closing(self, environ: Environ, start_response: StartResponse) -> StartResponse:
@@ -289,8 +293,27 @@ class GracefulMiddleware:
             time.sleep(min(left, WAIT_INTERVAL))
 
 
-def _str_headers(reply: Reply) -> list[tuple[str, str]]:
-    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in reply.headers()]
+def _str_headers(reply: Reply, notice: tuple[tuple[bytes, bytes], ...] = ()) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in reply.headers(notice=notice)]
+
+
+class _Noticing:
+    """``start_response`` that adds the drain notice (graceful._control.drain_notice) to the app's
+    headers, computed when the response starts. End-to-end headers (RFC 9110 7.6.1): unlike
+    ``Connection: close``, every WSGI server passes them on as they are (PEP 3333 forbids
+    applications only hop-by-hop ones)."""
+
+    __slots__ = ("_lifecycle", "_start_response")
+
+    def __init__(self, start_response: Any, lifecycle: Lifecycle) -> None:
+        self._start_response = start_response
+        self._lifecycle = lifecycle
+
+    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        notice = [
+            (name.decode("latin-1"), text.decode("latin-1")) for name, text in drain_notice(self._lifecycle)
+        ]
+        return self._start_response(status, [*headers, *notice], exc_info)
 
 
 def _status_line(status: int) -> str:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from graceful._policies import (
     PROXY_HEADERS,
     bearer_token,
+    drain_notice_seconds,
     is_direct_local,
     is_forwarded,
     is_loopback,
@@ -206,3 +207,23 @@ def test_a_non_loopback_end_is_never_trusted_without_the_token(
 def test_query_flag(query: str, expected: bool) -> None:
     """?wait, ?wait=1 and ?wait=true ask /shutdown to hold its answer."""
     assert query_flag(query, "wait") is expected
+
+
+@pytest.mark.parametrize(
+    ("started", "delay", "now", "expected"),
+    [
+        (None, 5.0, 100.0, 0),  # no drain began
+        (100.0, 5.0, 100.0, 5),  # at the start: the whole delay
+        (100.0, 5.0, 100.001, 5),  # rounded up: 4.999 s left still reads 5
+        (100.0, 5.0, 101.5, 4),
+        (100.0, 5.0, 104.999, 1),  # never 0 while any of the delay is left
+        (100.0, 5.0, 105.0, 0),  # the delay is over
+        (100.0, 5.0, 130.0, 0),  # long over (finishing in-flight work): never negative
+        (100.0, 0.0, 100.0, 0),  # no delay at all
+        (100.0, 2.5, 100.0, 3),  # a fractional delay rounds up
+        (100.0, 5.0, 99.0, 6),  # a clock read just before the stamp: the delay plus that
+    ],
+)
+def test_drain_notice_seconds(started: float | None, delay: float, now: float, expected: int) -> None:
+    """graceful-drain = max(0, ceil(started + delay - now)): whole seconds left, rounded up."""
+    assert drain_notice_seconds(started, delay, now) == expected

@@ -16,6 +16,14 @@ def test_defaults_fit_the_kubernetes_default_grace_period() -> None:
     assert not settings.shutdown_allow_get
 
 
+def test_envoy_immediate_fail_is_off_unless_asked_for() -> None:
+    """Envoy's immediate-fail header is opt-in (it means something only to an Envoy that health-checks
+    actively); GRACEFUL_ENVOY_IMMEDIATE_FAIL turns it on like any boolean variable."""
+    assert Settings().envoy_immediate_fail is False
+    assert Settings.from_env({"GRACEFUL_ENVOY_IMMEDIATE_FAIL": "1"}).envoy_immediate_fail is True
+    assert Settings.from_env({"GRACEFUL_ENVOY_IMMEDIATE_FAIL": "off"}).envoy_immediate_fail is False
+
+
 def test_keep_alive_outlasts_the_usual_balancer_idle_timeouts() -> None:
     """The default keep_alive (75 s) is longer than AWS ALB's and nginx's 60 s idle timeouts, so
     the pool in front closes an idle connection first; GRACEFUL_KEEP_ALIVE sets it."""
@@ -57,6 +65,11 @@ def test_environment_maps_onto_fields() -> None:
         ("GRACEFUL_DRAIN_TIMEOUT", "1e9", "GRACEFUL_DRAIN_TIMEOUT='1e9' is out of range"),
         ("GRACEFUL_LOG_PROBES", "maybe", "GRACEFUL_LOG_PROBES='maybe' is not a boolean"),
         (
+            "GRACEFUL_ENVOY_IMMEDIATE_FAIL",
+            "2",
+            "GRACEFUL_ENVOY_IMMEDIATE_FAIL='2' is not a boolean; allowed: True or False",
+        ),
+        (
             "GRACEFUL_KEEP_ALIVE",
             "0",
             "GRACEFUL_KEEP_ALIVE='0' is out of range; allowed: 1 to 3600 seconds",
@@ -81,6 +94,7 @@ def test_bad_environment_names_variable_value_and_range(variable: str, value: st
         ("shutdown_path", "/healthz/stop", "overlaps health_path"),
         ("shutdown_token", "short", "shutdown_token is too short"),
         ("log_probes", "yes", "log_probes='yes' is not a boolean"),
+        ("envoy_immediate_fail", 1, "envoy_immediate_fail=1 is not a boolean"),
     ],
 )
 def test_bad_keyword_names_field_value_and_range(field: str, value: object, fragment: str) -> None:
