@@ -8,7 +8,8 @@ ran twice shows up twice whatever the client saw.
 
 With ``ARRIVALS_PATH`` set, ``GET /fast`` also appends ``<monotonic seconds> <pod>`` when it
 runs: CLOCK_MONOTONIC is one clock for every process of the machine, so the test compares these
-arrivals with what its clients saw (when a drain notice came back, say).
+arrivals with what its clients saw (when a drain notice came back, say). Every answer names its
+pod in ``x-pod``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _append(path: str, line: str) -> None:
 async def fast(request: Request) -> PlainTextResponse:
     if ARRIVALS_PATH:
         _append(ARRIVALS_PATH, f"{time.monotonic():.6f} {POD}\n")
-    return PlainTextResponse(f"fast from {POD}\n")
+    return PlainTextResponse(f"fast from {POD}\n", headers={"x-pod": POD})
 
 
 async def ready(request: Request) -> PlainTextResponse:
@@ -50,7 +51,7 @@ async def record(request: Request) -> PlainTextResponse:
     if not request_id or not RECORD_PATH:
         return PlainTextResponse("x-request-id header and RECORD_PATH are required\n", status_code=400)
     _append(RECORD_PATH, f"{request_id} {POD}\n")
-    return PlainTextResponse(f"{request_id}\n")
+    return PlainTextResponse(f"{request_id}\n", headers={"x-pod": POD})
 
 
 app = Starlette(

@@ -102,16 +102,22 @@ class Load:
                 with self._lock:
                     self.get_failures.append(f"{type(exc).__name__}: {exc}")
             else:
-                now = time.monotonic()
-                pod = response.text.removeprefix("fast from ").strip()
+                self._heard(response)
                 with self._lock:
                     if response.status_code != 200:
-                        self.get_failures.append(f"HTTP {response.status_code} from {pod}")
+                        self.get_failures.append(
+                            f"HTTP {response.status_code} from {response.headers.get('x-pod')}"
+                        )
                     else:
                         self.ok += 1
-                    if "graceful-drain" in response.headers:
-                        self.first_notice.setdefault(pod, now)
             self._stop.wait(PAUSE)
+
+    def _heard(self, response: httpx.Response) -> None:
+        """Note when the first drain notice from each pod came back (any request, GET or POST)."""
+        if "graceful-drain" in response.headers:
+            now = time.monotonic()
+            with self._lock:
+                self.first_notice.setdefault(response.headers.get("x-pod", "?"), now)
 
     def _post(self) -> None:
         deadline = time.monotonic() + MAX_SECONDS
@@ -127,6 +133,7 @@ class Load:
                 with self._lock:
                     self.post_failures.append(f"{type(exc).__name__}: {exc}")
             else:
+                self._heard(response)
                 if response.status_code != 200:
                     with self._lock:
                         self.post_failures.append(f"HTTP {response.status_code}")
