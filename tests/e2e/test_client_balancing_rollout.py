@@ -25,9 +25,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from graceful.client import BalancePolicy, Transport
+from graceful._warmup import warmup_share
+from graceful.client import BalancePolicy, SlowStart, Transport
 from tests.dnsmasq import dnsmasq_binary
 from tests.e2e.cluster import Cluster, Pod, PodSpec, free_port
+from tests.e2e.dns_registry import DnsRegistry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.dnsmasq, pytest.mark.timeout(150)]
 
@@ -186,8 +188,6 @@ def arrivals(workdir: Path) -> dict[str, list[float]]:
 
 def rollout(tmp_path: Path, spec: PodSpec) -> tuple[Load, list[Pod], list[str]]:
     """Start 3 pods, load them, replace each in turn (surge one, wait listed, delete one)."""
-    from tests.e2e.dns_registry import DnsRegistry
-
     kube: Cluster | None = None
     registry = DnsRegistry(tmp_path, 8, service_port=free_port())
     try:
@@ -283,3 +283,59 @@ def test_plain_pods_resolved_by_dns_lose_no_get_and_dead_ones_are_ejected(tmp_pa
         ejected = load.first_state(f"{pod.host}:{pod.port}", "ejected")
         assert ejected is not None and pod.removed_at is not None, details
         assert ejected < pod.removed_at, f"{pod.name} was not ejected before DNS dropped it\n{details}"
+
+
+def test_a_pod_joining_two_warm_ones_gets_the_slow_start_share_counted_at_the_pods(tmp_path: Path) -> None:
+    """Real graceful pods resolved by DNS: a third joins two warm ones under steady load. Per
+    second of the slow-start window, its arrivals per warm pod's arrivals follow the curve within
+    10 points (the arrivals are each pod's own log)."""
+    window, curve, min_share = 6.0, 2.0, 0.1
+    registry = DnsRegistry(tmp_path, 8, service_port=free_port())
+    kube: Cluster | None = None
+    try:
+        registry.start()
+        kube = Cluster(tmp_path, registry, lag=0.5, grace=GRACE, pod_ips=OLD_IPS, pod_port=registry.port)
+        spec = graceful_spec(tmp_path)
+        warm = [kube.start_pod(f"warm{n}", spec) for n in range(2)]
+        for pod in warm:
+            kube.wait_added(pod, timeout=20)
+        balance = BalancePolicy(
+            refresh=0.2, slow_start=SlowStart(window=window, curve=curve, min_share=min_share)
+        )
+        transport = Transport(endpoints=registry.endpoints_url(), balance=balance)
+        client = httpx.Client(base_url="http://api.graceful.test", transport=transport, timeout=5.0)
+        load = Load(client, transport)
+        load.start()
+        try:
+            time.sleep(1.0)
+            newcomer = kube.start_pod("newcomer", spec)
+            kube.wait_added(newcomer, timeout=20)
+            time.sleep(window + 2.0)
+        finally:
+            load.stop()
+            client.close()
+        errors = list(kube.errors)
+    finally:
+        if kube is not None:
+            kube.close()
+        registry.stop()
+    seen = arrivals(tmp_path)
+    assert not errors and not load.crashes and not load.get_failures, (
+        errors,
+        load.crashes,
+        load.get_failures,
+    )
+    joined = min(seen["newcomer"])  # its first request: the moment the transport listed it
+    rows = []
+    for second in range(int(window)):
+
+        def count(pod: str, second: int = second) -> int:
+            return sum(1 for at in seen[pod] if joined + second <= at < joined + second + 1)
+
+        per_warm = (count("warm0") + count("warm1")) / 2
+        measured = count("newcomer") / per_warm
+        expected = warmup_share(second + 0.5, window=window, curve=curve, min_share=min_share)
+        rows.append((second, round(measured, 3), round(expected, 3), per_warm, count("newcomer")))
+    print(rows)
+    assert all(per_warm >= 30 for *_, per_warm, _ in rows), f"too little load to measure a share: {rows}"
+    assert all(abs(measured - expected) <= 0.10 for _, measured, expected, *_ in rows), rows
