@@ -408,3 +408,33 @@ def test_each_retry_is_logged_at_debug(server: Scripted, caplog: pytest.LogCaptu
         client.get(server.url + "/thing")
     lines = [r.getMessage() for r in caplog.records if r.name == "graceful.client"]
     assert len(lines) == 1 and "retrying GET" in lines[0] and "/thing" in lines[0] and "503" in lines[0]
+
+
+# -- the counters ---------------------------------------------------------------------------------
+
+
+def test_the_transport_counts_calls_attempts_retries_by_reason_and_refusals(server: Scripted) -> None:
+    server.script = lambda h, n: h.answer(503 if n == 1 else 200)
+    transport = Transport()
+    with httpx.Client(transport=transport) as client:
+        client.get(server.url + "/")  # 503, then 200: one retry after a status
+        with pytest.raises(httpx.ConnectError):
+            client.get(closed_url() + "/")  # 10 transparent retries, then 2 counted ones
+    stats = transport.stats()
+    assert (stats.calls, stats.failed_calls, stats.attempts) == (2, 1, 15)
+    assert stats.retries == {"status": 1, "never sent": 12} and stats.transparent_retries == 10
+    assert stats.hedges == 0 and stats.budget_refusals == 0 and stats.ejections == 0
+
+
+def test_budget_refusals_and_hedges_are_counted(server: Scripted) -> None:
+    server.script = lambda h, n: h.answer(503)
+    starved = Transport(budget=RetryBudget(ratio=0, min_per_second=0))
+    with httpx.Client(transport=starved) as client:
+        client.get(server.url + "/")
+    assert starved.stats().budget_refusals == 1 and starved.stats().attempts == 1
+    # Request 1 was the starved call's; request 2 (the hedged call's first) is slow, its hedge is not.
+    server.script = lambda h, n: (time.sleep(0.3) if n == 2 else None, h.answer(200))
+    hedging = Transport(hedge=HedgePolicy(delay=0.05))
+    with httpx.Client(transport=hedging) as client:
+        client.get(server.url + "/")
+    assert hedging.stats().hedges >= 1

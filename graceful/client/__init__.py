@@ -22,6 +22,7 @@ from graceful.client._call import (
 )
 from graceful.client._errors import RetriesExhausted
 from graceful.client._policies import IDEMPOTENT_METHODS, Failure, HedgePolicy, RetryBudget, RetryPolicy
+from graceful.client._stats import StatsSnapshot
 from graceful.client._sync import Transport
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "RetryBudget",
     "RetryPolicy",
     "SlowStart",
+    "StatsSnapshot",
     "Transport",
 ]

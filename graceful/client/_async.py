@@ -15,7 +15,8 @@ from graceful.client._balancing import BalancePolicy, Balancer, Endpoints, Endpo
 from graceful.client._call import Call, Config, discard_size
 from graceful.client._policies import BudgetWindow, Failure, HedgePolicy, RetryBudget, RetryPolicy
 from graceful.client._sources import make_source
-from graceful.client._sync import DEFAULT_BALANCE, DEFAULT_BUDGET, DEFAULT_RETRY, _log_hedge
+from graceful.client._stats import StatsSnapshot
+from graceful.client._sync import DEFAULT_BALANCE, DEFAULT_BUDGET, DEFAULT_RETRY, _note_hedge
 
 Outcome = tuple[int, float, "httpx.Response | httpx.TransportError"]
 
@@ -109,6 +110,10 @@ class AsyncTransport(httpx.AsyncBaseTransport):
         """The balancer's view of each endpoint (empty without ``endpoints=``)."""
         return [] if self.balancer is None else self.balancer.view()
 
+    def stats(self) -> StatsSnapshot:
+        """What this transport did so far: calls, attempts, retries by reason, hedges, refusals."""
+        return self.config.stats.snapshot()
+
     async def _hedged(self, call: Call, hedge: HedgePolicy) -> httpx.Response:
         """As ``Transport._hedged``, with tasks: the losers are cancelled, not only closed."""
         clock = self.config.clock
@@ -168,7 +173,7 @@ class AsyncTransport(httpx.AsyncBaseTransport):
                     call.stop_reason = f"the call's deadline of {call.deadline:g} s was reached"
                     break
                 if can_start and call.take_budget():
-                    _log_hedge(call, launched + 1)
+                    _note_hedge(call, launched + 1)
                     launch()
                 else:
                     may_hedge = False

@@ -41,6 +41,7 @@ from graceful._settings import SettingsError, _check_number, _check_whole
 from graceful._warmup import warmup_share
 from graceful._wire import DRAIN_HEADER, SHED_HEADER, SHED_VALUE
 from graceful.client._sources import Address, EndpointSource
+from graceful.client._stats import Stats
 
 logger = logging.getLogger("graceful.client")
 
@@ -242,8 +243,10 @@ class Balancer:
         *,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = random_module.random,
+        stats: Stats | None = None,
     ) -> None:
         self.source = source
+        self.stats = stats if stats is not None else Stats()
         self.policy = policy
         self._clock = clock
         self._random = random
@@ -407,6 +410,7 @@ class Balancer:
         endpoint.ejections += 1
         seconds = outlier.ejection_time(endpoint.ejections)
         endpoint.ejected_until = now + seconds
+        self.stats.count("ejections")
         logger.warning(
             "graceful.client: ejected %s for %g s (%s; ejection %d)",
             endpoint.address,

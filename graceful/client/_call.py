@@ -35,6 +35,7 @@ from graceful.client._policies import (
     why_not_retry,
 )
 from graceful.client._sources import Address
+from graceful.client._stats import Stats
 
 logger = logging.getLogger("graceful.client")
 
@@ -84,6 +85,7 @@ class Config:
     clock: Callable[[], float]
     random: Callable[[], float]
     wall_clock: Callable[[], float] = time.time
+    stats: Stats = dataclasses.field(default_factory=Stats)
 
 
 class Call:
@@ -116,6 +118,7 @@ class Call:
         self.endpoint_of: dict[int, str] = {}
         if config.budget is not None:
             config.budget.record_call()
+        config.stats.count("calls")
 
     # -- before an attempt ----------------------------------------------------------------------
 
@@ -173,6 +176,7 @@ class Call:
 
     def _record(self, number: int, began: float, outcome: str, failure: Failure | None, hedge: bool) -> None:
         now = self.config.clock()
+        self.config.stats.count("attempts")
         where = self.endpoint_of.get(number, "")
         self.attempts.append(
             Attempt(number, began - self.started, now - began, outcome, failure, hedge, endpoint=where)
@@ -218,6 +222,7 @@ class Call:
         if transparent:
             self.transparent_used += 1
             self.attempts[-1] = dataclasses.replace(self.attempts[-1], transparent=True)
+        self.config.stats.count_retry(failure.value, transparent)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "graceful.client: retrying %s %s in %.3f s (attempt %d: %s)",
@@ -232,16 +237,20 @@ class Call:
     def may_start_hedge(self, launched: int) -> bool:
         """After every running attempt failed: may another start at once (and take the budget)?"""
         hedge = self.hedge
-        return (
+        starts = (
             hedge is not None
             and launched < hedge.max_attempts
             and self.remaining() > 0
             and self.take_budget()
         )
+        if starts:
+            self.config.stats.count("hedges")
+        return starts
 
     def take_budget(self) -> bool:
         budget = self.config.budget
         if budget is not None and not budget.try_withdraw():
+            self.config.stats.count("budget_refusals")
             ratio = budget.budget
             self.stop_reason = (
                 f"the retry budget is spent (at most {ratio.ratio:g} x calls + "
@@ -265,6 +274,7 @@ class Call:
 
     def error(self, last: Exception) -> Exception:
         """The exception that ends the call on ``last``: ``last`` itself when nothing could help."""
+        self.config.stats.count("failed_calls")
         if not isinstance(last, httpx.TransportError) or (
             len(self.attempts) == 1 and self.attempts[0].failure is Failure.FATAL
         ):

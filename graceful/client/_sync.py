@@ -17,6 +17,7 @@ from graceful.client._balancing import BalancePolicy, Balancer, Endpoints, Endpo
 from graceful.client._call import Call, Config, discard_size, logger
 from graceful.client._policies import BudgetWindow, Failure, HedgePolicy, RetryBudget, RetryPolicy
 from graceful.client._sources import make_source
+from graceful.client._stats import StatsSnapshot
 
 DEFAULT_RETRY = RetryPolicy()
 DEFAULT_BUDGET = RetryBudget()
@@ -116,6 +117,10 @@ class Transport(httpx.BaseTransport):
         """The balancer's view of each endpoint (empty without ``endpoints=``)."""
         return [] if self.balancer is None else self.balancer.view()
 
+    def stats(self) -> StatsSnapshot:
+        """What this transport did so far: calls, attempts, retries by reason, hedges, refusals."""
+        return self.config.stats.snapshot()
+
     # -- hedging ----------------------------------------------------------------------------------
 
     def _hedged(self, call: Call, hedge: HedgePolicy) -> httpx.Response:
@@ -147,7 +152,7 @@ class Transport(httpx.BaseTransport):
                     call.stop_reason = f"the call's deadline of {call.deadline:g} s was reached"
                     break
                 if can_start and call.take_budget():
-                    _log_hedge(call, launched + 1)
+                    _note_hedge(call, launched + 1)
                     launch()
                 else:
                     may_hedge = False
@@ -230,7 +235,9 @@ def _discard(response: httpx.Response) -> None:
         response.close()
 
 
-def _log_hedge(call: Call, number: int) -> None:
+def _note_hedge(call: Call, number: int) -> None:
+    """A hedge starts after ``hedge.delay`` with no response: count it, say it at DEBUG."""
+    call.config.stats.count("hedges")
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
             "graceful.client: hedging %s %s: attempt %d, no response headers after %g s",
