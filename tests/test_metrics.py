@@ -119,14 +119,18 @@ def test_fallback_writer_without_prometheus_client(monkeypatch: pytest.MonkeyPat
 def test_snapshot_reads_the_board(lifecycle: Lifecycle) -> None:
     """In flight, totals, shed and the drain's Unix start come from the board; 0 before a drain."""
     assert snapshot(lifecycle).drain_started is None
-    assert samples(render(snapshot(lifecycle)).decode())[("graceful_drain_started_timestamp_seconds", ())] == 0
+    assert (
+        samples(render(snapshot(lifecycle)).decode())[("graceful_drain_started_timestamp_seconds", ())] == 0
+    )
     lifecycle.request_started()
     lifecycle.request_started()
     lifecycle.request_finished()
     lifecycle.request_shed()
     lifecycle.open_gate()
     lifecycle.begin_drain("test")
-    snap = snapshot(lifecycle, clock=lambda: lifecycle.board.drain_started_at + 2.0, wall_clock=lambda: 1000.0)  # type: ignore[operator]
+    snap = snapshot(
+        lifecycle, clock=lambda: lifecycle.board.drain_started_at + 2.0, wall_clock=lambda: 1000.0
+    )  # type: ignore[operator]
     assert (snap.in_flight, snap.requests, snap.shed, snap.processes) == (1, 2, 1, 1)
     assert snap.phase is Phase.DRAINING and snap.drain_started == 998.0 and snap.warmup_share == 1.0
 
@@ -183,7 +187,9 @@ async def asgi_get(lifecycle: Lifecycle, path: str, host: str, **headers: str) -
         ({"metrics_public": True}, "10.0.0.7", {}, 200),
     ],
 )
-async def test_asgi_metrics_trust(settings: dict[str, Any], host: str, headers: dict[str, str], status: int) -> None:
+async def test_asgi_metrics_trust(
+    settings: dict[str, Any], host: str, headers: dict[str, str], status: int
+) -> None:
     """Same rule as the /healthz detail: loopback or token; metrics_public opens it; 403 says nothing."""
     lifecycle = Lifecycle(Settings(**settings))
     try:
@@ -251,7 +257,12 @@ def wsgi_get(app: Any, path: str, host: str, **extra: Any) -> tuple[str, dict[st
         ({}, "127.0.0.1", {}, "200"),
         ({}, "10.0.0.7", {}, "403"),
         ({"shutdown_token": TOKEN}, "10.0.0.7", {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}, "200"),
-        ({"shutdown_token": TOKEN}, "10.0.0.7", {"HTTP_AUTHORIZATION": "Bearer wrong-token-of-length"}, "403"),
+        (
+            {"shutdown_token": TOKEN},
+            "10.0.0.7",
+            {"HTTP_AUTHORIZATION": "Bearer wrong-token-of-length"},
+            "403",
+        ),
         ({"metrics_public": True}, "10.0.0.7", {}, "200"),
     ],
 )
