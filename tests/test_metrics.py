@@ -310,3 +310,15 @@ def test_check_results_become_check_up() -> None:
     checks.add(Check(name="never", func=lambda: True, kind="liveness"))
     asyncio.run(checks.run_kind("readiness"))
     assert metrics_module._check_results(checks) == {"db": True, "cache": False}
+
+
+def test_shed_requests_reach_the_board(lifecycle: Lifecycle) -> None:
+    """Admission control's 503s are counted on the board once each: graceful_shed_total."""
+    from graceful._admission import ThreadAdmissionControl
+
+    lifecycle.open_gate()
+    admission = ThreadAdmissionControl(Settings(max_concurrency=1, queue_size=0), lifecycle)
+    assert admission.acquire()
+    assert not admission.acquire()
+    assert not admission.acquire()
+    assert (admission.shed, snapshot(lifecycle).shed) == (2, 2)
