@@ -84,8 +84,14 @@ class AdmissionBase(abc.ABC):
         if decision is Admission.ADMIT:
             self._enter()
         elif decision is Admission.SHED:
-            self.shed += 1
+            self._count_shed()
         return decision
+
+    def _count_shed(self) -> None:
+        # This process's figure (/healthz "admission") and the board's, which sums over processes
+        # (graceful_shed_total).
+        self.shed += 1
+        self.lifecycle.request_shed()
 
     def _enter(self) -> None:
         self.running += 1
@@ -138,7 +144,7 @@ class AdmissionControl(AdmissionBase):
             if not place.done() or place.cancelled() or not place.result():
                 self._forget(place)
         if not admitted:
-            self.shed += 1
+            self._count_shed()
         return admitted
 
     def release(self) -> None:
@@ -238,7 +244,7 @@ class ThreadAdmissionControl(AdmissionBase):
                 return True
             self._queue.remove(waiter)  # still there: only _give_places takes waiters off, and it admits them
             if timed_out:
-                self.shed += 1
+                self._count_shed()
             return False
 
 

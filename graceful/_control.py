@@ -11,12 +11,15 @@ from graceful._lifecycle import Lifecycle
 from graceful._phase import Phase
 from graceful._policies import may_shutdown, query_flag
 from graceful._wire import DRAIN_HEADER, ENVOY_IMMEDIATE_FAIL_HEADER, SHED_HEADER, SHED_VALUE
+from graceful.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from graceful.metrics import render, snapshot
 
 if TYPE_CHECKING:
     from graceful._admission import AdmissionBase
 
 PLAIN = b"text/plain; charset=utf-8"
 JSON = b"application/json"
+_METRICS_CONTENT_TYPE = METRICS_CONTENT_TYPE.encode()
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class ControlPlane:
         settings = lifecycle.settings
         self.health_path = settings.health_path
         self.shutdown_path = settings.shutdown_path
+        self.metrics_path = settings.metrics_path
         self._probes = {
             settings.health_path: self._health,
             settings.live_path: self._live,
@@ -115,7 +119,7 @@ class ControlPlane:
         }
 
         #: Every path answered here (a frozenset: one hash lookup on the hot path).
-        self.paths = frozenset({*self._probes, self.shutdown_path})
+        self.paths = frozenset({*self._probes, self.shutdown_path, self.metrics_path})
 
     def handles(self, path: str) -> bool:
         return path in self.paths
@@ -130,6 +134,8 @@ class ControlPlane:
             return Reply(405, b"method not allowed\n", extra_headers=((b"allow", b"GET, HEAD"),))
         if request.path == self.health_path:
             return self._health(detail=self.trusted(request))
+        if request.path == self.metrics_path:
+            return self._metrics(request)
         return self._probes[request.path]()
 
     def trusted(self, request: Request) -> bool:
@@ -179,6 +185,16 @@ class ControlPlane:
             snapshot["checks"] = self.checks.detail()
         status = 200 if snapshot["ready"] else 503
         return Reply(status, json.dumps(snapshot).encode() + b"\n", JSON)
+
+    # -- metrics -------------------------------------------------------------------------------------
+
+    def _metrics(self, request: Request) -> Reply:
+        """The Prometheus exposition of the whole instance (graceful.metrics), for trusted callers
+        (the check names are internals, like the check detail), or anyone with ``metrics_public``."""
+        if not (self.lifecycle.settings.metrics_public or self.trusted(request)):
+            return Reply(403, b"forbidden\n")
+        figures = snapshot(self.lifecycle, checks=self.checks)
+        return Reply(200, render(figures), _METRICS_CONTENT_TYPE)
 
     # -- /shutdown -------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from graceful._board import (
     IN_FLIGHT_MASK,
     REQUEST_STARTED,
+    SLOT_SHED,
     SLOT_TRAFFIC,
     SLOT_WEBSOCKETS,
     StateBoard,
@@ -365,6 +366,15 @@ class Lifecycle:
     def request_finished_threadsafe(self) -> None:
         with self._count_lock:
             self.request_finished()
+
+    def request_shed(self) -> None:
+        """A request was answered 503 by admission control (never reached the app).
+
+        Straight into this process's slot, under the count lock: shedding is the overloaded path,
+        not the hot one, and threads of a WSGI server shed concurrently.
+        """
+        with self._count_lock:
+            self._slot_ints[self._slot_base + SLOT_SHED] += 1
 
     def websocket_opened(self) -> None:
         self._slot_ints[self._slot_base + SLOT_WEBSOCKETS] += 1

@@ -107,6 +107,12 @@ class Settings:
     #: always closes first: a server closing an idle connection races the pool's next request on it
     #: (a 502). Stock servers close after 5 s (uvicorn) or 2 s (gunicorn).
     keep_alive: float = 75.0
+    #: Path of the Prometheus metrics endpoint (docs/observability.md). Guarded like the check
+    #: detail in ``{health_path}``: loopback callers or the ``shutdown_token``, unless public.
+    metrics_path: str = "/healthz/metrics"
+    #: Serve ``metrics_path`` to every caller (a scraper from another pod), without the token.
+    #: The figures are counts and a phase; the check names are the one thing they reveal.
+    metrics_public: bool = False
 
     # -- startup gate and checks (docs/warmup.md) --
     #: Seconds readiness stays failing after the server started, even when every startup check
@@ -148,6 +154,21 @@ class Settings:
                 "allowed: a path outside the probe prefix",
                 field="shutdown_path",
             )
+        _check_path("metrics_path", self.metrics_path)
+        taken = {
+            "health_path": self.health_path,
+            "live_path": self.live_path,
+            "ready_path": self.ready_path,
+            "startup_path": self.startup_path,
+            "shutdown_path": self.shutdown_path,
+        }
+        for name, path in taken.items():
+            if self.metrics_path == path:
+                raise SettingsError(
+                    f"metrics_path={self.metrics_path!r} is the same path as {name}; "
+                    "allowed: a path no other endpoint uses",
+                    field="metrics_path",
+                )
         if self.shutdown_token is not None and (
             not isinstance(self.shutdown_token, str) or len(self.shutdown_token) < 16
         ):
@@ -182,6 +203,7 @@ class Settings:
             "log_probes",
             "chain_server_signals",
             "envoy_immediate_fail",
+            "metrics_public",
         ):
             value = getattr(self, name)
             if not isinstance(value, bool):
