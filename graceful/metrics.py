@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from graceful._board import StateBoard
 from graceful._checks import Checks
@@ -31,7 +31,7 @@ from graceful._phase import Phase
 from graceful._settings import Settings
 from graceful._warmup import warmup_share
 
-__all__ = ["CONTENT_TYPE", "GracefulCollector", "MetricsSnapshot", "render", "snapshot"]
+__all__ = ["CONTENT_TYPE", "GracefulCollector", "MetricsSnapshot", "render", "snapshot", "transport_families"]
 
 #: The text format's content type (what prometheus-client's ``generate_latest`` writes).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -185,7 +185,7 @@ def _families(snap: MetricsSnapshot) -> list[_Family]:
     ]
 
 
-def _client_families(snap: MetricsSnapshot) -> list[Any]:
+def _prometheus_families(families: list[_Family]) -> list[Any]:
     """The same families as prometheus-client objects (raises ImportError without it).
 
     ``graceful_phase`` is a gauge with a ``phase`` label, one sample per phase (kube-state-metrics'
@@ -195,17 +195,17 @@ def _client_families(snap: MetricsSnapshot) -> list[Any]:
     """
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    families: list[Any] = []
-    for name, kind, help_text, samples in _families(snap):
+    built: list[Any] = []
+    for name, kind, help_text, samples in families:
+        labels = sorted(samples[0][0]) if samples else (["check"] if name == _CHECK_UP[0] else [])
         if kind == "counter":
-            family: Any = CounterMetricFamily(name.removesuffix("_total"), help_text, labels=())
+            family: Any = CounterMetricFamily(name.removesuffix("_total"), help_text, labels=labels)
         else:
-            labels = sorted(samples[0][0]) if samples else (["check"] if name == _CHECK_UP[0] else [])
             family = GaugeMetricFamily(name, help_text, labels=labels)
         for labels_of, value in samples:
             family.add_metric([labels_of[key] for key in sorted(labels_of)], value)
-        families.append(family)
-    return families
+        built.append(family)
+    return built
 
 
 def _have_client() -> bool:
@@ -225,7 +225,7 @@ def render(snap: MetricsSnapshot) -> bytes:
     from prometheus_client.registry import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(_client_families(snap)))
+    registry.register(_Fixed(_prometheus_families(_families(snap))))
     return generate_latest(registry)
 
 
@@ -241,8 +241,12 @@ class _Fixed:
 
 def render_stdlib(snap: MetricsSnapshot) -> bytes:
     """The stdlib writer: the text format as prometheus-client's ``generate_latest`` writes it."""
+    return _write_text(_families(snap))
+
+
+def _write_text(families: list[_Family]) -> bytes:
     lines: list[str] = []
-    for name, kind, help_text, samples in _families(snap):
+    for name, kind, help_text, samples in families:
         lines.append(f"# HELP {name} {_escape_help(help_text)}\n")
         lines.append(f"# TYPE {name} {kind}\n")
         for labels, value in samples:
@@ -286,7 +290,10 @@ class GracefulCollector:
     looked up at each scrape, so it may be registered before the server builds it), or a bare
     ``StateBoard`` (then ``settings`` shape the warm-up share). ``checks``: whose results become
     ``graceful_check_up``; default: those of the newest graceful middleware built on the
-    lifecycle. Needs prometheus-client (the ``prometheus`` extra).
+    lifecycle. ``transports``: graceful.client transports by name (the ``client`` label), whose
+    counters and endpoint states become the ``graceful_client_*`` series; ``instance=False``
+    leaves the server's series out (a process that is only a caller). Needs prometheus-client
+    (the ``prometheus`` extra).
     """
 
     def __init__(
@@ -295,6 +302,8 @@ class GracefulCollector:
         *,
         checks: Checks | None = None,
         settings: Settings | None = None,
+        transports: Mapping[str, TransportLike] | None = None,
+        instance: bool = True,
     ) -> None:
         if not _have_client():
             raise ImportError(
@@ -304,13 +313,19 @@ class GracefulCollector:
         self._source = lifecycle_or_board
         self._checks = checks
         self._settings = settings
+        self._transports = dict(transports or {})
+        self._instance = instance
 
     def collect(self) -> Iterator[Any]:
-        source = self._source if self._source is not None else get_lifecycle()
-        checks = self._checks
-        if checks is None and isinstance(source, Lifecycle):
-            checks = _middleware_checks(source)
-        return iter(_client_families(snapshot(source, checks=checks, settings=self._settings)))
+        families: list[_Family] = []
+        if self._instance:
+            source = self._source if self._source is not None else get_lifecycle()
+            checks = self._checks
+            if checks is None and isinstance(source, Lifecycle):
+                checks = _middleware_checks(source)
+            families += _families(snapshot(source, checks=checks, settings=self._settings))
+        families += transport_families(self._transports)
+        return iter(_prometheus_families(families))
 
     def describe(self) -> Iterator[Any]:
         """The families without samples: registering must not read (or create) the lifecycle."""
@@ -325,7 +340,8 @@ class GracefulCollector:
             drain_started=None,
             processes=0,
         )
-        return iter(_client_families(empty))
+        families = (_families(empty) if self._instance else []) + transport_families(self._transports)
+        return iter(_prometheus_families(families))
 
 
 def _middleware_checks(lifecycle: Lifecycle) -> Checks | None:
@@ -335,3 +351,81 @@ def _middleware_checks(lifecycle: Lifecycle) -> Checks | None:
         if isinstance(checks, Checks):
             return checks
     return None
+
+
+# -- the caller's side: graceful.client transports ------------------------------------------------
+
+
+class TransportLike(Protocol):
+    """What the collector reads of a graceful.client ``Transport`` or ``AsyncTransport``."""
+
+    def stats(self) -> Any: ...
+    def endpoints(self) -> list[Any]: ...
+
+
+_CLIENT_COUNTERS = (
+    ("calls", "graceful_client_calls_total", "Calls made through the transport."),
+    (
+        "failed_calls",
+        "graceful_client_failed_calls_total",
+        "Calls that ended on an error after every attempt.",
+    ),
+    ("attempts", "graceful_client_attempts_total", "Attempts sent (first ones, retries and hedges)."),
+    (
+        "transparent_retries",
+        "graceful_client_transparent_retries_total",
+        "Retries of attempts that failed before the app saw them (refused, shed): not in max_attempts.",
+    ),
+    ("hedges", "graceful_client_hedges_total", "Hedged attempts started."),
+    (
+        "budget_refusals",
+        "graceful_client_budget_refusals_total",
+        "Retries and hedges the retry budget refused.",
+    ),
+    ("ejections", "graceful_client_ejections_total", "Endpoints ejected by outlier detection."),
+)
+_CLIENT_RETRIES = (
+    "graceful_client_retries_total",
+    "counter",
+    "Retries by the failure they followed (never_sent, no_response, timeout, status).",
+)
+_CLIENT_ENDPOINTS = (
+    "graceful_client_endpoints",
+    "gauge",
+    "Endpoints of a balancing transport by state (ready, warming, draining, ejected).",
+)
+ENDPOINT_STATES = ("ready", "warming", "draining", "ejected")
+
+
+def transport_families(transports: Mapping[str, TransportLike]) -> list[_Family]:
+    """The ``graceful_client_*`` families of these transports, labelled ``client=<name>``."""
+    if not transports:
+        return []
+    stats = {name: transport.stats() for name, transport in sorted(transports.items())}
+    families: list[_Family] = [
+        (
+            metric,
+            "counter",
+            help_text,
+            [({"client": name}, float(getattr(s, field))) for name, s in stats.items()],
+        )
+        for field, metric, help_text in _CLIENT_COUNTERS
+    ]
+    families.append(
+        (
+            *_CLIENT_RETRIES,
+            [
+                ({"client": name, "reason": reason}, float(count))
+                for name, s in stats.items()
+                for reason, count in sorted(s.retries.items())
+            ],
+        )
+    )
+    endpoint_samples = []
+    for name, transport in sorted(transports.items()):
+        states = [view.state for view in transport.endpoints()]
+        endpoint_samples += [
+            ({"client": name, "state": state}, float(states.count(state))) for state in ENDPOINT_STATES
+        ]
+    families.append((*_CLIENT_ENDPOINTS, endpoint_samples))
+    return families

@@ -422,7 +422,7 @@ def test_the_transport_counts_calls_attempts_retries_by_reason_and_refusals(serv
             client.get(closed_url() + "/")  # 10 transparent retries, then 2 counted ones
     stats = transport.stats()
     assert (stats.calls, stats.failed_calls, stats.attempts) == (2, 1, 15)
-    assert stats.retries == {"status": 1, "never sent": 12} and stats.transparent_retries == 10
+    assert stats.retries == {"status": 1, "never_sent": 12} and stats.transparent_retries == 10
     assert stats.hedges == 0 and stats.budget_refusals == 0 and stats.ejections == 0
 
 

@@ -322,3 +322,37 @@ def test_shed_requests_reach_the_board(lifecycle: Lifecycle) -> None:
     assert not admission.acquire()
     assert not admission.acquire()
     assert (admission.shed, snapshot(lifecycle).shed) == (2, 2)
+
+
+def test_client_transports_series_through_the_same_collector() -> None:
+    """graceful.client counters and endpoint states, labelled by client name, parsed back."""
+    import socket
+
+    from graceful.client import Transport
+
+    with socket.socket() as sock:  # a port nothing listens on: every attempt is refused
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    transport = Transport(endpoints=[dead])
+    with httpx.Client(transport=transport) as client, pytest.raises(httpx.ConnectError):
+        client.get("http://payments/charge")
+    registry = CollectorRegistry()
+    registry.register(GracefulCollector(transports={"payments": transport}, instance=False))
+    from prometheus_client.exposition import generate_latest
+
+    text = generate_latest(registry).decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    client_label = ("client", "payments")
+    assert samples[("graceful_client_calls_total", (client_label,))] == 1
+    assert samples[("graceful_client_failed_calls_total", (client_label,))] == 1
+    assert samples[("graceful_client_attempts_total", (client_label,))] == 13
+    assert samples[("graceful_client_transparent_retries_total", (client_label,))] == 10
+    assert samples[("graceful_client_retries_total", (client_label, ("reason", "never_sent")))] == 12
+    # A single endpoint cannot be ejected (at most half the set): it stays ready.
+    assert samples[("graceful_client_endpoints", (client_label, ("state", "ready")))] == 1
+    assert samples[("graceful_client_ejections_total", (client_label,))] == 0
+    assert not any(name.startswith("graceful_phase") for name, _ in samples)  # instance=False

@@ -222,7 +222,7 @@ class Call:
         if transparent:
             self.transparent_used += 1
             self.attempts[-1] = dataclasses.replace(self.attempts[-1], transparent=True)
-        self.config.stats.count_retry(failure.value, transparent)
+        self.config.stats.count_retry(failure.name.lower(), transparent)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "graceful.client: retrying %s %s in %.3f s (attempt %d: %s)",

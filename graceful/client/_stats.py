@@ -19,7 +19,7 @@ class StatsSnapshot:
     #: Calls that ended on an error (a response, even a 503, is not an error).
     failed_calls: int
     attempts: int
-    #: Retries by the failure they followed: "never sent", "no response", "timeout", "status".
+    #: Retries by the failure they followed: "never_sent", "no_response", "timeout", "status".
     retries: dict[str, int]
     #: Of those, retries that did not count toward max_attempts (refused, shed).
     transparent_retries: int
