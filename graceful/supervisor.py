@@ -177,7 +177,7 @@ class Supervisor:
         self.log.event(
             1,
             "drain_started",
-            f"draining ({reason}): readiness fails now; "
+            f"draining (got {reason}): readiness fails now; "
             f"{signal_name(self.options.drain_signal)} follows in {self.options.drain_delay:g} s",
             "WARNING",
             reason=reason,
