@@ -65,11 +65,15 @@ class JsonFormatter(logging.Formatter):
         return event_line(fields)
 
 
-TEXT_FORMAT = "%(levelname)s:     %(message)s"  # uvicorn's default look
+class TextFormatter(logging.Formatter):
+    """``INFO:     message``: uvicorn's default look (the level and colon padded to 10 columns)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname + ':':<10}{super().format(record)}"
 
 
 def make_formatter(log_format: str) -> logging.Formatter:
-    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
 def install_stderr_handler(log_format: str) -> None:

@@ -481,7 +481,7 @@ class Lifecycle:
             newest, latest = (stamp or None for stamp in self.arrivals)
         last_new = None if newest is None or newest < started else round(newest - started, 3)
         last_request = None if latest is None or latest < started else round(latest - started, 3)
-        at_start = drain.get("requests_at_start")
+        at_start = drain.get("requests_at_start", 0)  # 0: born during the drain (a new worker)
         at_close = drain.get("requests_at_close", drain.get("requests_at_stop"))
         if at_close is None:
             at_close = self._requests_counted()

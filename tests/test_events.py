@@ -267,3 +267,45 @@ def test_supervisor_writes_its_events_and_a_kill_on_stderr(tmp_path: Path) -> No
     assert by_event["sigkill_sent"]["level"] == "WARNING"
     assert by_event["child_exited"]["exit_status"] == 137
     assert by_event["drain_report"]["exit_status"] == 137 and by_event["drain_report"]["scope"] == "instance"
+
+
+def test_gunicorn_json_goes_to_the_error_logs_stream_and_leaves_its_format_alone() -> None:
+    """Under gunicorn with json, graceful's lines are JSON on the error log's stream; gunicorn's
+    own handler keeps its formatter."""
+    from graceful._gunicorn_master import route_logs_to_gunicorn
+
+    stream = io.StringIO()
+    theirs = logging.StreamHandler(stream)
+    theirs_format = logging.Formatter("[gunicorn] %(message)s")
+    theirs.setFormatter(theirs_format)
+    error_log = logging.getLogger("test.gunicorn.error")
+    error_log.handlers = [theirs]
+    error_log.setLevel(logging.INFO)
+
+    class FakeLog:  # gunicorn's glogging.Logger keeps its error logger here
+        pass
+
+    fake = FakeLog()
+    fake.error_log = error_log  # type: ignore[attr-defined]
+    graceful_logger = logging.getLogger("graceful")
+    saved = graceful_logger.handlers, graceful_logger.level, graceful_logger.propagate
+    graceful_logger.handlers = []
+    try:
+        route_logs_to_gunicorn(fake, log_format="json")
+        log_event(logging.WARNING, "drain_started", "draining", reason="SIGTERM")
+        error_log.info("worker booted")
+    finally:
+        graceful_logger.handlers, graceful_logger.level, graceful_logger.propagate = saved
+        error_log.handlers = []
+    ours, gunicorns = stream.getvalue().splitlines()
+    assert json.loads(ours)["event"] == "drain_started" and json.loads(ours)["reason"] == "SIGTERM"
+    assert gunicorns == "[gunicorn] worker booted" and theirs.formatter is theirs_format
+
+
+def test_supervisor_rejects_an_unknown_log_format() -> None:
+    """graceful-run fails at start-up (usage error) naming GRACEFUL_LOG_FORMAT and what it allows."""
+    from graceful._supervisor_cli import UsageError, parse_args
+
+    assert parse_args(["true"], {"GRACEFUL_LOG_FORMAT": "json"}).log_format == "json"
+    with pytest.raises(UsageError, match=r"GRACEFUL_LOG_FORMAT='xml'.*allowed: text or json"):
+        parse_args(["true"], {"GRACEFUL_LOG_FORMAT": "xml"})
