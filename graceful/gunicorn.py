@@ -107,6 +107,17 @@ class _WSGIWorkerMixin:
         for listener in self.sockets:
             with contextlib.suppress(OSError):
                 listener.close()
+        get_lifecycle().note_listener_closed()  # the drain report's moment (a no-op unless draining)
+
+    def run(self) -> None:
+        # gunicorn's loop returns once in-flight work is done or graceful_timeout is over: then
+        # this worker's drain report (no-ops when the instance is not draining, as on a HUP reload).
+        try:
+            super().run()  # type: ignore[misc]
+        finally:
+            lifecycle = get_lifecycle()
+            lifecycle.note_listener_closed()
+            lifecycle.note_drain_finished(cut=lifecycle.local_in_flight)
 
 
 class ThreadWorker(_WSGIWorkerMixin, _GThreadWorker):  # type: ignore[misc]
