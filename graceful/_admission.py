@@ -10,15 +10,21 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import logging
 import random
 import threading
 from collections import deque
 from collections.abc import Callable, Sized
 
+from graceful._events import log_event
 from graceful._lifecycle import Lifecycle
 from graceful._phase import Phase
 from graceful._settings import Settings
 from graceful._warmup import Admission, admission, concurrency_cap, retry_after_seconds, warmup_share
+
+#: Shedding "ends" after this many seconds without a shed request: one shed_began and one
+#: shed_ended per episode, with the count in between, however many 503s it took (issue 13).
+SHED_QUIET = 1.0
 
 
 class AdmissionBase(abc.ABC):
@@ -43,6 +49,9 @@ class AdmissionBase(abc.ABC):
         self.running = 0
         self.shed = 0
         self.highest_running = 0
+        #: The shedding episode in progress: (when it began, ``shed`` then), or None.
+        self._shedding: tuple[float, int] | None = None
+        self._last_shed_at = 0.0
 
     # -- the ramp ----------------------------------------------------------------------------------
 
@@ -88,10 +97,43 @@ class AdmissionBase(abc.ABC):
         return decision
 
     def _count_shed(self) -> None:
+        """One more request shed; the first of an episode logs ``shed_began``."""
         # This process's figure (/healthz "admission") and the board's, which sums over processes
         # (graceful_shed_total).
         self.shed += 1
         self.lifecycle.request_shed()
+        now = self._last_shed_at = self.lifecycle.clock()
+        if self._shedding is None:
+            self._shedding = (now, self.shed - 1)
+            log_event(
+                logging.WARNING,
+                "shed_began",
+                f"graceful: shedding load: {self.running} running (cap {self.cap()}), "
+                f"{len(self._queue)} queued; answering 503 with Retry-After",
+                running=self.running,
+                cap=self.cap(),
+                queued=len(self._queue),
+            )
+
+    def settle_shedding(self) -> None:
+        """End the shedding episode after ``SHED_QUIET`` s without a shed (the runtime's watcher
+        calls it every tick): one ``shed_ended`` with how many were shed and for how long."""
+        episode = self._shedding
+        if episode is None:
+            return
+        now = self.lifecycle.clock()
+        if now - self._last_shed_at < SHED_QUIET:
+            return
+        began, before = episode
+        self._shedding = None
+        count, seconds = self.shed - before, self._last_shed_at - began
+        log_event(
+            logging.INFO,
+            "shed_ended",
+            f"graceful: shedding ended: {count} requests shed in {seconds:.2f} s",
+            shed=count,
+            seconds=round(seconds, 3),
+        )
 
     def _enter(self) -> None:
         self.running += 1

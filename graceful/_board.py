@@ -398,6 +398,23 @@ class StateBoard:
 
 # Offsets of a slot's fields, for writers that hold a slot (see Lifecycle).
 SLOT_PID, SLOT_TRAFFIC, SLOT_WEBSOCKETS, SLOT_SHED = _S_PID, _S_TRAFFIC, _S_WEBSOCKETS, _S_SHED
+# While draining, each process stamps its slot with the arrival of its latest request (any) and of
+# its latest request on a connection made after the drain began ("new"), in whole microseconds of
+# time.monotonic() (0: none): the drain report's measured propagation lag (issue 13). Slots 6 and 7,
+# leaving 4 and 5 free for counters.
+SLOT_LAST_NEW, SLOT_LAST_REQUEST = 6, 7
+ARRIVAL_UNIT = 1_000_000
+
+
+def last_arrivals(board: StateBoard) -> tuple[float | None, float | None]:
+    """``(last new arrival, last request)`` of every live slot on the board, monotonic seconds."""
+    ints = board.slot_ints
+    newest = latest = 0
+    for slot in board.read_slots():
+        base = board.slot_offset(slot.index)
+        newest = max(newest, int(ints[base + SLOT_LAST_NEW]))
+        latest = max(latest, int(ints[base + SLOT_LAST_REQUEST]))
+    return (newest / ARRIVAL_UNIT if newest else None, latest / ARRIVAL_UNIT if latest else None)
 
 
 def _pid_alive(pid: int) -> bool:

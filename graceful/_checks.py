@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from graceful._events import log_event
+
 logger = logging.getLogger("graceful")
 
 CheckKind = Literal["startup", "readiness", "liveness"]
@@ -94,8 +96,19 @@ class Checks:
         result = CheckResult(ok, error, round(self.clock() - started, 4))
         previous = self._results.get(check.name)
         if previous is None or previous.ok != ok:
-            log = logger.info if ok else logger.warning
-            log("graceful: %s check %r %s", check.kind, check.name, "passes" if ok else f"fails: {error}")
+            was = None if previous is None else "up" if previous.ok else "down"
+            log_event(
+                logging.INFO if ok else logging.WARNING,
+                "check_flipped",
+                f"graceful: {check.kind} check {check.name!r} " + ("passes" if ok else f"fails: {error}"),
+                log=logger,
+                check=check.name,
+                kind=check.kind,
+                critical=check.critical,
+                **{"from": was, "to": "up" if ok else "down"},
+                error=error,
+                seconds=result.seconds,
+            )
         self._results[check.name] = result
         return result
 

@@ -183,6 +183,8 @@ class ControlPlane:
             snapshot["admission"] = self.admission.snapshot()
         if detail:  # check names and errors can reveal internals: trusted callers only
             snapshot["checks"] = self.checks.detail()
+            if "drain" in snapshot:  # with what started it (a caller's address) and the delay in force
+                snapshot["drain"] = self.lifecycle.drain_figures(instance=True)
         status = 200 if snapshot["ready"] else 503
         return Reply(status, json.dumps(snapshot).encode() + b"\n", JSON)
 

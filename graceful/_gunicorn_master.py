@@ -19,8 +19,10 @@ import signal
 from typing import Any
 
 from graceful._board import DEFAULT_SLOTS, MAX_SLOTS, BoardError
+from graceful._events import json_handlers_like
 from graceful._lifecycle import Lifecycle, peek_lifecycle, set_lifecycle
 from graceful._phase import Phase
+from graceful._settings import Settings
 
 logger = logging.getLogger("graceful")
 
@@ -35,7 +37,8 @@ def prepare_master(cfg: Any, log: Any) -> Lifecycle:
     The lifecycle made here is the process default; workers inherit it across fork (each takes its
     own slot), so the middleware in every worker reads and writes the same board.
     """
-    route_logs_to_gunicorn(log)
+    # GRACEFUL_LOG_FORMAT read here (entry point); the lifecycle may not exist yet.
+    route_logs_to_gunicorn(log, log_format=Settings.from_env().log_format)
     # One slot per worker, twice over: a HUP reload starts every new worker before the old ones
     # leave. (With preload_app the app may have made the lifecycle already: it is kept.)
     needed = max(DEFAULT_SLOTS, 2 * int(cfg.workers) + 8)
@@ -68,14 +71,18 @@ def prepare_master(cfg: Any, log: Any) -> Lifecycle:
     return lifecycle
 
 
-def route_logs_to_gunicorn(log: Any) -> None:
+def route_logs_to_gunicorn(log: Any, *, log_format: str = "text") -> None:
     """Write graceful's log lines through gunicorn's error log (its format, file and level), as the
-    uvicorn worker does for uvicorn's loggers; unless the application configured them already."""
+    uvicorn worker does for uvicorn's loggers; unless the application configured them already.
+
+    ``log_format="json"``: to the same streams, one JSON object a line (graceful._events).
+    """
     graceful_logger = logging.getLogger("graceful")
     error_log = getattr(log, "error_log", None)
     if graceful_logger.handlers or error_log is None:
         return
-    graceful_logger.handlers = list(error_log.handlers)
+    handlers = list(error_log.handlers)
+    graceful_logger.handlers = json_handlers_like(handlers) if log_format == "json" else handlers
     graceful_logger.setLevel(error_log.level)
     graceful_logger.propagate = False
 

@@ -17,15 +17,21 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from graceful._board import (
+    ARRIVAL_UNIT,
     IN_FLIGHT_MASK,
     REQUEST_STARTED,
+    REQUEST_UNIT,
+    SLOT_LAST_NEW,
+    SLOT_LAST_REQUEST,
     SLOT_SHED,
     SLOT_TRAFFIC,
     SLOT_WEBSOCKETS,
     StateBoard,
+    last_arrivals,
 )
+from graceful._events import log_event
 from graceful._phase import Phase
-from graceful._policies import drain_notice_seconds
+from graceful._policies import drain_delay_advice, drain_notice_seconds, drain_report_message
 from graceful._settings import Settings
 
 logger = logging.getLogger("graceful")
@@ -88,6 +94,12 @@ class Lifecycle:
         self.per_process_health = False
         #: The middlewares built on this lifecycle, oldest first (weakly: see ``middleware_for``).
         self._middlewares: list[weakref.ref[Any]] = []
+        #: Peers ((host, port)) of the connections open when the drain began, from a server that
+        #: knows them (graceful.uvicorn): a request from another peer came on a new connection.
+        #: None: the server does not say, and every request counts as a new arrival.
+        self.pre_drain_peers: frozenset[Any] | None = None
+        #: This process's drain, for the drain report (see ``drain_figures``).
+        self._drain: dict[str, Any] = {}
         self._claim_slot()
         os.register_at_fork(after_in_child=self._after_fork_in_child, after_in_parent=self._forget_child_slot)
 
@@ -143,6 +155,9 @@ class Lifecycle:
         self.closed = False  # a child serves from its own slot, even if its parent gave its up
         self._in_flight = 0
         self._requests = 0
+        self._drain = {}
+        #: ``[last new arrival, last request]`` while terminating (monotonic seconds; 0: none).
+        self.arrivals = [0.0, 0.0]
 
     def close(self) -> None:
         """Give the slot back (the process is done serving)."""
@@ -153,6 +168,8 @@ class Lifecycle:
     def flush_traffic(self) -> None:
         """Add the traffic counted in ``local_traffic`` to this process's slot on the board."""
         with self._count_lock:  # one flusher at a time; counting threads never wait for it
+            if self.arrivals[1]:
+                self._flush_arrivals()
             pending = self.local_traffic[0]
             if not pending or self.closed:
                 return
@@ -233,7 +250,8 @@ class Lifecycle:
         left = self.board.move_to(target, now=self.clock())
         if left is None:
             return False
-        logger.info("graceful: phase %s -> %s", left.name, target.name)
+        moved: dict[str, Any] = {"from": left.name.lower(), "to": target.name.lower()}
+        log_event(logging.INFO, "phase_changed", f"graceful: phase {left.name} -> {target.name}", **moved)
         self._notify()
         return True
 
@@ -243,20 +261,39 @@ class Lifecycle:
 
     def begin_drain(self, reason: str) -> bool:
         """Start termination: readiness fails from now on. Idempotent: True only the first time."""
+        self._drain.setdefault("reason", reason)  # before the move: _notify records the start
         started = self.move_to(Phase.DRAINING)
         if started:
-            logger.warning(
-                "graceful: draining (%s): readiness fails now, serving continues for %.1f s",
-                reason,
-                self.drain_delay,
+            log_event(
+                logging.WARNING,
+                "drain_started",
+                f"graceful: draining ({reason}): readiness fails now, serving continues for "
+                f"{self.drain_delay:.1f} s",
+                reason=reason,
+                drain_delay=self.drain_delay,
             )
+        elif self.board.drain_started_at is None:
+            self._drain.pop("reason", None)
         return started
 
     def begin_stop(self) -> bool:
         """The drain delay is over (or skipped): the server closes its listeners now."""
-        return self.move_to(Phase.STOPPING)
+        moved = self.move_to(Phase.STOPPING)
+        drain = self._drain
+        if self.board.drain_started_at is not None and "stop_at" not in drain:
+            # What the server does not tell (note_listener_closed), taken here; and the arrivals
+            # of every process, before a master reaps its workers and their slots are zeroed.
+            drain["stop_at"] = self.clock()
+            drain.setdefault("requests_at_start", 0)
+            drain["requests_at_stop"] = self._requests_counted()
+            drain["in_flight_at_stop"] = self.in_flight if self.closed else self.local_in_flight
+            drain["arrivals_at_stop"] = last_arrivals(self.board)
+        return moved
 
     def mark_stopped(self) -> bool:
+        if "closed_at" in self._drain:
+            self.note_drain_finished(cut=self.local_in_flight)  # a no-op if the server said already
+        self.report_drain()  # a no-op if done, or if no drain happened
         return self.move_to(Phase.STOPPED)
 
     def poll(self) -> Phase:
@@ -274,6 +311,7 @@ class Lifecycle:
             self._seen_phase = current
         if current.is_terminating and not old.is_terminating:
             self.terminating[0] = True
+            self._drain_began()
             self._set_drain_events()
         for listener in list(self._listeners):
             try:
@@ -349,6 +387,133 @@ class Lifecycle:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(event.set)
 
+    # -- the drain report (issue 13) ---------------------------------------------------------------
+    # Figures of this process's drain, kept in ``_drain``; the arrivals live in this process's slot
+    # (SLOT_LAST_*), so the supervisor and /healthz can read every process's.
+
+    def note_arrival(self, peer: Any) -> None:
+        """A request arrived while terminating (hot paths call this only then): note when.
+
+        ``peer``: the request's client (host, port); it came on a new connection unless the server
+        listed that peer in ``pre_drain_peers``. Kept in a list (cheap) and copied to the slot by
+        ``flush_traffic``, as the traffic counts are.
+        """
+        now = self.clock()
+        arrivals = self.arrivals
+        arrivals[1] = now
+        peers = self.pre_drain_peers
+        if peers is None or (tuple(peer) if peer else None) not in peers:
+            arrivals[0] = now
+
+    def _flush_arrivals(self) -> None:
+        newest, latest = self.arrivals
+        if latest and not self.closed:
+            ints, base = self._slot_ints, self._slot_base
+            ints[base + SLOT_LAST_NEW] = int(newest * ARRIVAL_UNIT)
+            ints[base + SLOT_LAST_REQUEST] = int(latest * ARRIVAL_UNIT)
+
+    def _requests_counted(self) -> int:
+        """Requests this process counted; every process's when it gave its slot up (a master)."""
+        if self.closed:
+            return sum(slot.requests for slot in self.board.read_slots())
+        self.flush_traffic()
+        return int(self._slot_ints[self._slot_base + SLOT_TRAFFIC]) // REQUEST_UNIT
+
+    def _drain_began(self) -> None:
+        drain = self._drain
+        drain.setdefault("reason", "drain started by another process (supervisor, master or /shutdown)")
+        drain["requests_at_start"] = self._requests_counted()
+
+    def note_listener_closed(self) -> None:
+        """The server closed its listeners: in-flight work finishes from now on (once per drain)."""
+        drain = self._drain
+        if "closed_at" in drain or self.board.drain_started_at is None:
+            return
+        now = self.clock()
+        drain["closed_at"] = now
+        drain["requests_at_close"] = self._requests_counted()
+        drain["in_flight_at_close"] = self.local_in_flight
+        started = self.board.drain_started_at
+        log_event(
+            logging.INFO,
+            "listener_closed",
+            f"graceful: listener closed {now - started:.2f} s after the drain began; "
+            f"{drain['in_flight_at_close']} in flight",
+            in_flight=drain["in_flight_at_close"],
+            seconds_since_drain=round(now - started, 3),
+        )
+
+    def note_drain_finished(self, cut: int) -> None:
+        """In-flight work is done (``cut``: how many the drain timeout cut): log it, then the report."""
+        drain = self._drain
+        if "finished_at" in drain or "closed_at" not in drain:
+            return
+        now = self.clock()
+        drain["finished_at"], drain["cut"] = now, cut
+        seconds = now - drain["closed_at"]
+        log_event(
+            logging.WARNING if cut else logging.INFO,
+            "drain_finished",
+            f"graceful: drain finished {seconds:.2f} s after the listener closed; {cut} cut",
+            finish_seconds=round(seconds, 3),
+            cut=cut,
+        )
+        self.report_drain()
+
+    def drain_figures(self, *, instance: bool = False) -> dict[str, Any] | None:
+        """The drain report's figures so far (None while not terminating).
+
+        ``instance``: the arrivals of every process on the board, not only this one's.
+        """
+        board = self.board
+        started = board.drain_started_at
+        if started is None:
+            return None
+        drain = self._drain
+        delay = self.drain_delay
+        if instance or self.closed:
+            newest, latest = last_arrivals(board)
+            kept = drain.get("arrivals_at_stop", (None, None))
+            newest, latest = (
+                max((x for x in (now, then) if x is not None), default=None)
+                for now, then in zip((newest, latest), kept, strict=True)
+            )
+        else:
+            newest, latest = (stamp or None for stamp in self.arrivals)
+        last_new = None if newest is None or newest < started else round(newest - started, 3)
+        last_request = None if latest is None or latest < started else round(latest - started, 3)
+        at_start = drain.get("requests_at_start", 0)  # 0: born during the drain (a new worker)
+        at_close = drain.get("requests_at_close", drain.get("requests_at_stop"))
+        if at_close is None:
+            at_close = self._requests_counted()
+        closed, finished = drain.get("closed_at", drain.get("stop_at")), drain.get("finished_at")
+        too_short, fraction, suggested = drain_delay_advice(last_new, delay)
+        return {
+            "reason": drain.get("reason"),
+            "drain_delay": delay,
+            "requests_during_delay": None if at_start is None else at_close - at_start,
+            "last_arrival_seconds": last_new,
+            "last_request_seconds": last_request,
+            "in_flight_at_close": drain.get("in_flight_at_close", drain.get("in_flight_at_stop")),
+            "finish_seconds": None if closed is None or finished is None else round(finished - closed, 3),
+            "cut": drain.get("cut"),
+            "too_short": too_short,
+            "last_arrival_fraction": None if fraction is None else round(fraction, 3),
+            "suggested_drain_delay": suggested,
+        }
+
+    def report_drain(self, exit_status: int | None = None) -> dict[str, Any] | None:
+        """Log the ``drain_report`` of this process, once; None if no drain happened or it was logged."""
+        figures = self.drain_figures()
+        if figures is None or self._drain.get("reported"):
+            return None
+        self._drain["reported"] = True
+        figures["exit_status"] = exit_status
+        figures["scope"] = "instance" if self.closed else "process"
+        level = logging.WARNING if figures["too_short"] or figures["cut"] else logging.INFO
+        log_event(level, "drain_report", drain_report_message(figures), **figures)
+        return figures
+
     # -- in-flight accounting --------------------------------------------------------------------
     # One slot per process; only this process writes it. Threads of a WSGI server share the slot,
     # so the read-modify-write is under a lock; the asyncio path runs on one thread and skips it.
@@ -393,6 +558,11 @@ class Lifecycle:
         self.flush_traffic()
         return int(self._slot_ints[self._slot_base + SLOT_TRAFFIC]) & IN_FLIGHT_MASK
 
+    def _public_drain_figures(self) -> dict[str, Any]:
+        # Measured figures only: the reason names a caller's address, the delay is a setting (and
+        # the suggestion gives it away): those are trusted detail (graceful._control).
+        return _strip(self.drain_figures(instance=True))
+
     def snapshot(self) -> dict[str, Any]:
         """What ``GET /healthz`` shows. Nothing sensitive: no settings, tokens, paths or addresses."""
         now = self.clock()
@@ -410,6 +580,7 @@ class Lifecycle:
             "processes": len(slots),
             "uptime_seconds": round(now - board.created_at, 3),
             "draining_seconds": None if drain_started is None else round(now - drain_started, 3),
+            **({} if drain_started is None else {"drain": self._public_drain_figures()}),
             **(
                 {
                     "per_process": [
@@ -421,6 +592,13 @@ class Lifecycle:
                 else {}
             ),
         }
+
+
+_PRIVATE_DRAIN_FIGURES = ("reason", "drain_delay", "suggested_drain_delay")
+
+
+def _strip(figures: dict[str, Any] | None) -> dict[str, Any]:
+    return {key: value for key, value in (figures or {}).items() if key not in _PRIVATE_DRAIN_FIGURES}
 
 
 def find_wrapped(app: object, kind: type[M], depth: int = 16) -> M | None:

@@ -132,3 +132,64 @@ def query_flag(query: str, name: str) -> bool:
         if key == name:
             return value.lower() in ("", "1", "true", "yes")
     return False
+
+
+#: Share of the drain delay after which the last arrival means the delay is too short (issue 13).
+LATE_ARRIVAL_SHARE = 0.8
+#: The suggested delay keeps at least this much room after the last arrival measured.
+LATE_ARRIVAL_ROOM = 1.0
+
+
+def drain_delay_advice(
+    last_arrival: float | None, drain_delay: float, *, share: float = LATE_ARRIVAL_SHARE
+) -> tuple[bool, float | None, float | None]:
+    """Whether the drain delay is too short for the propagation lag this drain measured.
+
+    ``last_arrival``: seconds from the drain's start to the last new request (None: none came).
+    Returns ``(too_short, fraction, suggested)``:
+        fraction  = last_arrival / drain_delay                     (None without an arrival or a delay)
+        too_short = last_arrival > share * drain_delay             (share 0.8: the 80 % rule)
+        suggested = ceil_0.1(max(last_arrival / share, last_arrival + LATE_ARRIVAL_ROOM)) if too_short
+    so the suggested delay would not warn again at the same lag, and leaves a second at least.
+    """
+    if last_arrival is None:
+        return False, None, None
+    fraction = last_arrival / drain_delay if drain_delay > 0 else None
+    if last_arrival <= share * drain_delay:
+        return False, fraction, None
+    wanted = max(last_arrival / share, last_arrival + LATE_ARRIVAL_ROOM)
+    return True, fraction, math.ceil(round(wanted * 10, 6)) / 10
+
+
+def drain_report_message(fields: dict[str, object]) -> str:
+    """The text of a drain report, from its fields (``too_short`` adds the advice)."""
+
+    def seconds(name: str) -> str:
+        value = fields.get(name)
+        return "-" if not isinstance(value, (int, float)) else f"{value:.2f} s"
+
+    text = (
+        f"graceful: drain report ({fields.get('reason')}): delay {seconds('drain_delay')}, "
+        f"{fields.get('requests_during_delay')} requests served during it, "
+        + (
+            "no new request after the drain began"
+            if fields.get("last_arrival_seconds") is None
+            else f"last new request {seconds('last_arrival_seconds')} after the drain began"
+        )
+        + f"; {fields.get('in_flight_at_close')} in "
+        f"flight when the listener closed, finished in {seconds('finish_seconds')}, "
+        f"{fields.get('cut')} cut"
+    )
+    if fields.get("exit_status") is not None:
+        text += f"; exit status {fields['exit_status']}"
+    if fields.get("too_short"):
+        arrival, delay = fields["last_arrival_seconds"], fields["drain_delay"]
+        assert isinstance(arrival, float) and isinstance(delay, (int, float))
+        fraction = fields.get("last_arrival_fraction")
+        share = f"{fraction * 100:.0f} %" if isinstance(fraction, float) else "all"
+        text += (
+            f". The drain delay is too short for this cluster: the last request arrived {arrival:.1f} s "
+            f"after the drain began, {share} of the {delay:.1f} s drain delay: raise "
+            f"GRACEFUL_DRAIN_DELAY to at least {fields['suggested_drain_delay']:.1f} s"
+        )
+    return text

@@ -121,6 +121,7 @@ class AsyncRuntime:
                     lifecycle.move_to(Phase.READY)  # any process may: the move is locked and idempotent
                 if admission is not None:
                     admission.wake()
+                    admission.settle_shedding()
                 if self._stop_server is not None and phase is Phase.DRAINING and lifecycle.drain_delay_over():
                     stop, self._stop_server = self._stop_server, None
                     stop()

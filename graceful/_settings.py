@@ -14,6 +14,8 @@ from typing import Any
 ENV_PREFIX = "GRACEFUL_"
 # Upper bound for every duration: an hour is longer than any sane termination grace period.
 MAX_SECONDS = 3600.0
+#: ``log_format`` values (graceful._events.LOG_FORMATS; not imported: that module pulls in logging).
+LOG_FORMATS = ("text", "json")
 
 
 class SettingsError(ValueError):
@@ -142,6 +144,9 @@ class Settings:
     #: TCP port (on ``agent_host``) of the HAProxy agent-check responder. Unset: no responder.
     agent_port: int | None = None
     agent_host: str = "127.0.0.1"
+    #: How graceful's log records look: ``text`` (a message with the key figures) or ``json`` (one
+    #: JSON object per line with every figure, for log pipelines; docs/observability.md).
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         _check_seconds("drain_delay", self.drain_delay)
@@ -191,6 +196,11 @@ class Settings:
         _check_number("retry_after_jitter", self.retry_after_jitter, 0.0, MAX_SECONDS, "seconds")
         if self.agent_port is not None:
             _check_whole("agent_port", self.agent_port, 1, 65535)
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(
+                f"log_format={self.log_format!r} is not a log format; allowed: {' or '.join(LOG_FORMATS)}",
+                field="log_format",
+            )
         if self.warmup_window > 0 and self.max_concurrency is None:
             raise SettingsError(
                 f"warmup_window={self.warmup_window!r} needs max_concurrency: slow start is enforced as a "

@@ -49,6 +49,7 @@ dumb-init / tini compatible:
   -e, --expect-exit N   exit 0 when the child's status is N; repeatable (GRACEFUL_EXPECT_EXIT="N,...")
   -p, --pdeath-signal SIG  get SIG when graceful-run's parent dies (GRACEFUL_PDEATH_SIGNAL)
   -v, --verbose         more output; repeatable (GRACEFUL_VERBOSITY=0..3, default 1)
+                        (GRACEFUL_LOG_FORMAT=json: one JSON object per line, as the app's events)
   -h, --help            show this text;  -V, --version  show the version
 """
 
@@ -81,6 +82,8 @@ _SWITCHES = {
     "-V": "version",
     "--version": "version",
 }
+# graceful._settings.LOG_FORMATS, not imported: that module pulls in dataclasses.
+LOG_FORMATS = ("text", "json")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -108,6 +111,7 @@ class Options:
         "drain_timeout",
         "expect_exit",
         "leave_survivors",
+        "log_format",
         "pdeath_signal",
         "poll_interval",
         "rewrites",
@@ -134,6 +138,7 @@ class Options:
         expect_exit: frozenset[int] = frozenset(),
         pdeath_signal: int = 0,
         verbosity: int = 1,
+        log_format: str = "text",
     ) -> None:
         if not command:
             raise UsageError("no COMMAND given")
@@ -155,6 +160,11 @@ class Options:
         if not 0 <= verbosity <= 3:
             raise PolicyError(f"verbosity={verbosity!r} is out of range; allowed: 0 to 3")
         self.verbosity = verbosity
+        if log_format not in LOG_FORMATS:
+            raise PolicyError(
+                f"GRACEFUL_LOG_FORMAT={log_format!r} is not a log format; allowed: text or json"
+            )
+        self.log_format = log_format
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in sorted(self.__slots__))
@@ -205,6 +215,9 @@ def _read_env(
         raw = env.get("GRACEFUL_" + field.upper())
         if raw is not None and raw.strip():
             values[field] = _parse_bool("GRACEFUL_" + field.upper(), raw)
+    raw = env.get("GRACEFUL_LOG_FORMAT", "").strip()
+    if raw:
+        values["log_format"] = raw
     if env.get("GRACEFUL_STATE_DIR"):
         values["state_dir"] = env["GRACEFUL_STATE_DIR"]
     raw = env.get("GRACEFUL_VERBOSITY", "").strip()

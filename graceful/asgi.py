@@ -90,6 +90,8 @@ class GracefulMiddleware:
         if scope["path"] in self._special_paths:
             await self._serve_special(scope, receive, send)
             return
+        if self._terminating[0]:
+            self.lifecycle.note_arrival(scope.get("client"))  # the drain report's last arrival
         admission = self._admission
         if admission is not None and not await admission.acquire():
             await _shed(send, admission.retry_after(), drain_notice(self.lifecycle))

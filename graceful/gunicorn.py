@@ -107,6 +107,17 @@ class _WSGIWorkerMixin:
         for listener in self.sockets:
             with contextlib.suppress(OSError):
                 listener.close()
+        get_lifecycle().note_listener_closed()  # the drain report's moment (a no-op unless draining)
+
+    def run(self) -> None:
+        # gunicorn's loop returns once in-flight work is done or graceful_timeout is over: then
+        # this worker's drain report (no-ops when the instance is not draining, as on a HUP reload).
+        try:
+            super().run()  # type: ignore[misc]
+        finally:
+            lifecycle = get_lifecycle()
+            lifecycle.note_listener_closed()
+            lifecycle.note_drain_finished(cut=lifecycle.local_in_flight)
 
 
 class ThreadWorker(_WSGIWorkerMixin, _GThreadWorker):  # type: ignore[misc]
@@ -149,7 +160,7 @@ class SingleThreadWorker(_WSGIWorkerMixin, _SyncWorker):  # type: ignore[misc]
 def _uvicorn_server_class() -> type[Any]:
     import uvicorn
 
-    from graceful.uvicorn import linger
+    from graceful.uvicorn import linger, track_drain, watch_drain
 
     class WorkerServer(uvicorn.Server):
         """uvicorn's Server as a gunicorn worker runs it: signals belong to the worker class."""
@@ -185,7 +196,13 @@ def _uvicorn_server_class() -> type[Any]:
                 # max_requests, TTOU): linger marks this process's responses Connection: close
                 # (the instance's phase is left alone: only the master moves it).
                 await linger(self, get_lifecycle())
+                await watch_drain(self, get_lifecycle(), super().shutdown(sockets))
+                return
             await super().shutdown(sockets)
+
+        async def serve(self, sockets: list[Any] | None = None) -> None:
+            track_drain(self, get_lifecycle())  # this worker's drain report tells new from old connections
+            await super().serve(sockets)
 
     return WorkerServer
 

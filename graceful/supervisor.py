@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 
-from graceful._board import StateBoard
+from graceful._board import StateBoard, last_arrivals
 from graceful._board_file import board_directory, create_board, sweep_stale
 from graceful._phase import Phase
 from graceful._process import (
@@ -56,17 +56,47 @@ KILL_GRACE = 2.0
 
 
 class Log:
-    """One-line messages on stderr. 0: nothing, 1: errors and drain steps, 2: signals, 3: reaping."""
+    """One-line messages on stderr. 0: nothing, 1: errors and drain steps, 2: signals, 3: reaping.
 
-    def __init__(self, verbosity: int) -> None:
+    ``log_format="json"``: one JSON object per line with the fields of graceful._events'
+    JsonFormatter (ts, level, logger, message, event, pid, then the event's figures); ``json`` is
+    imported only then, as the logging module never is (start-up time).
+    """
+
+    def __init__(self, verbosity: int, log_format: str = "text") -> None:
         self.verbosity = verbosity
+        self.json = log_format == "json"
 
     def __call__(self, level: int, message: str) -> None:
-        if level <= self.verbosity:
-            try:
-                os.write(2, f"graceful-run: {message}\n".encode(errors="replace"))
-            except OSError:  # stderr closed or a broken pipe: never die of a log line
-                pass
+        self.event(level, None, message)
+
+    def event(
+        self, level: int, event: str | None, message: str, severity: str | None = None, **fields: object
+    ) -> None:
+        """Write ``message`` (as JSON with ``event`` and ``fields`` in JSON mode) if ``level`` is shown."""
+        if level > self.verbosity:
+            return
+        if self.json:
+            from graceful._jsonline import event_line, utc_timestamp  # late: start-up time
+
+            now = time.time()
+            line = event_line(
+                {
+                    "ts": utc_timestamp(now),
+                    "level": severity or ("ERROR" if level == 0 else "INFO"),
+                    "logger": "graceful.supervisor",
+                    "message": f"graceful-run: {message}",
+                    "event": event,
+                    "pid": os.getpid(),
+                    **fields,
+                }
+            )
+        else:
+            line = f"graceful-run: {message}"
+        try:
+            os.write(2, (line + "\n").encode(errors="replace"))
+        except OSError:  # stderr closed or a broken pipe: never die of a log line
+            pass
 
 
 class Supervisor:
@@ -84,6 +114,8 @@ class Supervisor:
         self.forwarded_at: float | None = None  # when the stop signal went to the child
         self.kill_at: float | None = None
         self.reaped = 0
+        #: The drain's figures for the supervisor's drain report (see ``report_drain``).
+        self.drain: dict[str, object] = {}
 
     def run(self) -> int:
         """Supervise until the child exits; clean up its group; return graceful-run's exit status."""
@@ -96,10 +128,20 @@ class Supervisor:
             if info is not None:
                 self.on_signal(info.si_signo)
             self.tick(time.monotonic())
-        self.log(2, f"child {self.child} exited with wait status {self.child_status:#x}")
+        exited_at = time.monotonic()
+        status = exit_status(self.child_status, self.options.expect_exit)
+        self.log.event(
+            1 if self.drain else 2,
+            "child_exited",
+            f"child {self.child} exited with wait status {self.child_status:#x} (exit status {status})",
+            child=self.child,
+            wait_status=self.child_status,
+            exit_status=status,
+        )
         if not self.options.single_child:
             self.cleanup_group()
-        return exit_status(self.child_status, self.options.expect_exit)
+        self.report_drain(exited_at, status)
+        return status
 
     def _deadlines(self) -> list[float | None]:
         started = self.board.drain_started_at
@@ -119,7 +161,7 @@ class Supervisor:
             self.reap_zombies()
         elif signum == self.options.drain_signal and self.forwarded_at is None:
             if self.board.phase < Phase.DRAINING and self.options.drain_delay > 0:
-                self.begin_drain(now, f"got {signal_name(signum)}")
+                self.begin_drain(now, signal_name(signum))
             else:  # drain delay 0, or a second drain signal during the delay: forward at once
                 self.stop(now, signum)
         elif signum == signal.SIGINT and self.forwarded_at is None:
@@ -131,21 +173,41 @@ class Supervisor:
         # 1. Readiness fails from this instant: the middleware reads the phase on every probe.
         self.board.move_to(Phase.DRAINING, now=now)
         self.seen_phase = Phase.DRAINING
-        self.log(
+        self.note_drain_began(reason)
+        self.log.event(
             1,
-            f"draining ({reason}): readiness fails now; "
+            "drain_started",
+            f"draining (got {reason}): readiness fails now; "
             f"{signal_name(self.options.drain_signal)} follows in {self.options.drain_delay:g} s",
+            "WARNING",
+            reason=reason,
+            drain_delay=self.options.drain_delay,
         )
+
+    def note_drain_began(self, reason: str) -> None:
+        self.drain = {"reason": reason, "requests_at_start": self.board_requests()}
+
+    def board_requests(self) -> int:
+        return sum(slot.requests for slot in self.board.read_slots())
+
+    def board_in_flight(self) -> int:
+        return sum(slot.in_flight for slot in self.board.read_slots())
 
     def tick(self, now: float) -> None:
         """Read the board and the clock: a drain started by the app, a delay over, a timeout hit."""
         phase = self.board.phase
         if phase is not self.seen_phase:
             if phase is Phase.DRAINING:
-                self.log(
+                reason = "started in the app, e.g. /shutdown"
+                self.note_drain_began(reason)
+                self.log.event(
                     1,
-                    "draining (started in the app, e.g. /shutdown): "
+                    "drain_started",
+                    f"draining ({reason}): "
                     f"{signal_name(self.options.drain_signal)} follows at the delay's end",
+                    "WARNING",
+                    reason=reason,
+                    drain_delay=self.options.drain_delay,
                 )
             self.seen_phase = phase
         started = self.board.drain_started_at
@@ -154,7 +216,17 @@ class Supervisor:
             self.stop(now, self.options.drain_signal)  # 2. the delay is over
         if self.kill_at is not None and now >= self.kill_at:
             self.kill_at = None  # 3. the drain timeout is over
-            self.log(1, f"drain timeout ({self.options.drain_timeout:g} s) over: sending SIGKILL")
+            in_flight = self.board_in_flight()
+            self.drain["cut"] = in_flight
+            self.log.event(
+                1,
+                "sigkill_sent",
+                f"drain timeout ({self.options.drain_timeout:g} s) over: sending SIGKILL "
+                f"({in_flight} requests in flight)",
+                "WARNING",
+                drain_timeout=self.options.drain_timeout,
+                in_flight=in_flight,
+            )
             self.send(signal.SIGKILL)
 
     def stop(self, now: float, signum: int) -> None:
@@ -163,12 +235,61 @@ class Supervisor:
         self.seen_phase = self.board.phase
         self.forwarded_at = now
         self.kill_at = kill_deadline(now, self.options.drain_timeout)
-        self.log(
+        sent = signal_name(rewrite(signum, self.rewrites))
+        started = self.board.drain_started_at
+        if started is not None:
+            # The figures of the drain delay, before the child's processes stop and free their slots.
+            if not self.drain:
+                self.note_drain_began(f"{signal_name(signum)}, no drain delay")
+            self.drain.update(
+                started_at=started,
+                stop_at=now,
+                requests_at_stop=self.board_requests(),
+                in_flight_at_close=self.board_in_flight(),
+                arrivals=last_arrivals(self.board),
+            )
+        self.log.event(
             1,
-            f"stopping: forwarding {signal_name(rewrite(signum, self.rewrites))}, "
-            f"SIGKILL in {self.options.drain_timeout:g} s if still running",
+            "signal_forwarded",
+            f"stopping: forwarding {sent}, SIGKILL in {self.options.drain_timeout:g} s if still running",
+            signal=sent,
+            drain_timeout=self.options.drain_timeout,
+            seconds_since_drain=None if started is None else round(now - started, 3),
         )
         self.forward_signal(signum)
+
+    def report_drain(self, exited_at: float, status: int) -> None:
+        """The supervisor's ``drain_report``: the instance's figures, read from the board."""
+        drain = self.drain
+        if "stop_at" not in drain:
+            return
+        from graceful._policies import drain_delay_advice, drain_report_message
+
+        started, stop_at = float(drain["started_at"]), float(drain["stop_at"])  # type: ignore[arg-type]
+        arrivals: tuple[float | None, float | None] = drain["arrivals"]  # type: ignore[assignment]
+        newest, latest = arrivals
+        last_new = None if newest is None or newest < started else round(newest - started, 3)
+        last_request = None if latest is None or latest < started else round(latest - started, 3)
+        delay = self.options.drain_delay
+        too_short, fraction, suggested = drain_delay_advice(last_new, delay)
+        figures: dict[str, object] = {
+            "reason": drain["reason"],
+            "drain_delay": delay,
+            "requests_during_delay": int(drain["requests_at_stop"]) - int(drain["requests_at_start"]),  # type: ignore[call-overload]
+            "last_arrival_seconds": last_new,
+            "last_request_seconds": last_request,
+            "in_flight_at_close": drain["in_flight_at_close"],
+            "finish_seconds": round(exited_at - stop_at, 3),
+            "cut": drain.get("cut", 0),
+            "too_short": too_short,
+            "last_arrival_fraction": None if fraction is None else round(fraction, 3),
+            "suggested_drain_delay": suggested,
+            "exit_status": status,
+            "scope": "instance",
+        }
+        warn = too_short or bool(figures["cut"])
+        message = drain_report_message(figures).removeprefix("graceful: ")
+        self.log.event(1, "drain_report", message, "WARNING" if warn else "INFO", **figures)
 
     def forward_signal(self, signum: int) -> None:
         """Send ``signum`` on after rewriting (0: dropped); job-control stops suspend us too."""
@@ -285,7 +406,7 @@ class Supervisor:
 
 def run(options: Options) -> int:
     """Set up (signals, reaper, board), spawn, supervise; returns the exit status."""
-    log = Log(options.verbosity)
+    log = Log(options.verbosity, options.log_format)
     parent = os.getppid()
     # SIGCHLD ignored (inherited) would make the kernel reap for us and hide the child's status
     # (waitpid(2), "POSIX.1-2001 specifies that if the disposition of SIGCHLD is set to SIG_IGN").

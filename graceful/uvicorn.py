@@ -27,12 +27,13 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
+from graceful._events import install_stderr_handler
 from graceful._lifecycle import Lifecycle, find_wrapped, get_lifecycle
 from graceful._phase import Phase
 from graceful._settings import Settings, SettingsError
@@ -73,6 +74,8 @@ class GracefulServer(uvicorn.Server):
         if not config.loaded:
             config.load()  # imports the app, which may build the middleware and its lifecycle
         lifecycle = self.lifecycle = self._adopt_middleware(config)
+        install_stderr_handler(lifecycle.settings.log_format)
+        track_drain(self, lifecycle)
         if config.timeout_graceful_shutdown is None:
             config.timeout_graceful_shutdown = lifecycle.settings.drain_timeout  # type: ignore[assignment]
         if not self._keep_alive_given:
@@ -127,9 +130,12 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if not self.force_exit and self.lifecycle is not None:
-            await linger(self, self.lifecycle)
-        await super().shutdown(sockets)
+        lifecycle = self.lifecycle
+        if self.force_exit or lifecycle is None:
+            await super().shutdown(sockets)
+            return
+        await linger(self, lifecycle)
+        await watch_drain(self, lifecycle, super().shutdown(sockets))
 
     async def on_tick(self, counter: int) -> bool:
         lifecycle = self.lifecycle
@@ -142,6 +148,41 @@ class GracefulServer(uvicorn.Server):
             if phase >= Phase.STOPPING:
                 self.should_exit = True
         return await super().on_tick(counter)
+
+
+def track_drain(server: uvicorn.Server, lifecycle: Lifecycle) -> None:
+    """When the drain begins, note the peers of the connections open then (``pre_drain_peers``):
+    a request from any other peer came on a new connection, so the balancer still sent it here."""
+
+    def on_phase(old: Phase, new: Phase) -> None:
+        if new.is_terminating and not old.is_terminating:
+            peers = (getattr(connection, "client", None) for connection in server.server_state.connections)
+            lifecycle.pre_drain_peers = frozenset(tuple(peer) for peer in peers if peer)
+
+    lifecycle.add_listener(on_phase)
+
+
+async def watch_drain(server: uvicorn.Server, lifecycle: Lifecycle, shutdown: Awaitable[None]) -> None:
+    """Run uvicorn's shutdown (it waits for in-flight work, bounded by ``timeout_graceful_shutdown``,
+    then cancels the rest) and tell the lifecycle how it went: the drain finished, and how many
+    requests the timeout cut (those still in flight when it ran out)."""
+    loop = asyncio.get_running_loop()
+    timeout = server.config.timeout_graceful_shutdown
+    began = loop.time()
+    seen = [lifecycle.local_in_flight]
+
+    async def watch() -> None:
+        while seen[0] > 0:  # bounded: the shutdown ends within the timeout, then this is cancelled
+            await asyncio.sleep(0.02)
+            seen[0] = lifecycle.local_in_flight
+
+    watcher = loop.create_task(watch())
+    try:
+        await shutdown
+    finally:
+        watcher.cancel()
+        timed_out = timeout is not None and loop.time() - began >= float(timeout) - 0.01
+        lifecycle.note_drain_finished(cut=seen[0] if timed_out else 0)
 
 
 #: Longest a stopping server waits for a request on a connection between two requests (see linger).
@@ -169,6 +210,7 @@ async def linger(server: uvicorn.Server, lifecycle: Lifecycle) -> None:
     lifecycle.terminating[0] = True  # this process's responses carry Connection: close from now on
     for listener in server.servers:
         listener.close()
+    lifecycle.note_listener_closed()  # a no-op when no drain began (max_requests, a HUP reload)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(LINGER, float(server.config.timeout_keep_alive))
     while loop.time() < deadline and any(

@@ -142,6 +142,7 @@ class GracefulMiddleware:
             # next request on it is still served during the delay, and closes it.
             if not self._terminating[0]:
                 self.lifecycle.poll()  # another process moved the phase: tell this process's listeners
+            self.lifecycle.note_arrival(None)  # the drain report's last arrival (any request)
             start_response = _Noticing(closing_start_response(start_response, environ), self.lifecycle)
         if self._guarded:
             return self._call_guarded(environ, start_response)

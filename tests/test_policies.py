@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from graceful._policies import (
     PROXY_HEADERS,
     bearer_token,
+    drain_delay_advice,
     drain_notice_seconds,
+    drain_report_message,
     is_direct_local,
     is_forwarded,
     is_loopback,
@@ -227,3 +229,46 @@ def test_query_flag(query: str, expected: bool) -> None:
 def test_drain_notice_seconds(started: float | None, delay: float, now: float, expected: int) -> None:
     """graceful-drain = max(0, ceil(started + delay - now)): whole seconds left, rounded up."""
     assert drain_notice_seconds(started, delay, now) == expected
+
+
+@pytest.mark.parametrize(
+    ("last_arrival", "drain_delay", "too_short", "fraction", "suggested"),
+    [
+        (None, 3.0, False, None, None),  # no request came during the drain
+        (0.0, 3.0, False, 0.0, None),
+        (2.0, 3.0, False, 2 / 3, None),
+        (2.4, 3.0, False, 0.8, None),  # exactly 80 %: not late yet
+        (2.41, 3.0, True, 2.41 / 3, 3.5),  # ceil(3.41)
+        (2.7, 3.0, True, 0.9, 3.7),  # the example of issue 13: +1 s wins over /0.8 (3.375)
+        (3.2, 3.0, True, 3.2 / 3, 4.2),  # after the delay: a keep-alive request, or a late listener close
+        (12.0, 10.0, True, 1.2, 15.0),  # /0.8 wins for long lags: the next run would not warn again
+        (0.5, 0.0, True, None, 1.5),  # no delay at all: any arrival is late
+    ],
+)
+def test_drain_delay_advice(
+    last_arrival: float | None,
+    drain_delay: float,
+    too_short: bool,
+    fraction: float | None,
+    suggested: float | None,
+) -> None:
+    """The 80 % rule and the suggested delay: max(last / 0.8, last + 1 s), rounded up to 0.1 s."""
+    got = drain_delay_advice(last_arrival, drain_delay)
+    assert got[0] is too_short
+    assert got[1] == pytest.approx(fraction) if fraction is not None else got[1] is None
+    assert got[2] == pytest.approx(suggested) if suggested is not None else got[2] is None
+    if suggested is not None:
+        assert drain_delay_advice(last_arrival, suggested)[0] is False  # following the advice settles it
+
+
+def test_drain_report_message_says_how_much_to_raise_the_delay() -> None:
+    """A late arrival adds the advice with the measured figures; an on-time one does not."""
+    fields: dict[str, object] = {
+        "reason": "SIGTERM", "drain_delay": 3.0, "requests_during_delay": 40, "last_arrival_seconds": 2.7,
+        "in_flight_at_close": 1, "finish_seconds": 0.4, "cut": 0, "too_short": True,
+        "last_arrival_fraction": 0.9, "suggested_drain_delay": 3.7,
+    }  # fmt: skip
+    text = drain_report_message(fields)
+    assert "last request arrived 2.7 s after the drain began, 90 % of the 3.0 s drain delay" in text
+    assert "raise GRACEFUL_DRAIN_DELAY to at least 3.7 s" in text
+    assert "too short" not in drain_report_message({**fields, "too_short": False})

@@ -653,6 +653,8 @@ class PodReport:
     # Seconds from the deletion to the endpoint's removal at the balancer (the lag, plus however
     # late the harness was: on a starved machine a removal can land after the listener closed).
     removal_seconds: float | None = None
+    # Every line of the pod's log that is a JSON object (GRACEFUL_LOG_FORMAT=json: graceful's events).
+    json_lines: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -763,6 +765,7 @@ def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
                         if pod.removed_at is None or pod.deleted_at is None
                         else pod.removed_at - pod.deleted_at
                     ),
+                    json_lines=_json_lines(pod.log_path),
                 )
                 for pod in kube.pods
                 if pod.deleted_at is not None
@@ -780,6 +783,15 @@ def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
         balancer_tail=balancer_tail,
         timeline=timeline,
     )
+
+
+def _json_lines(path: Path) -> list[str]:
+    """The lines of a log that hold a JSON object (graceful's events with GRACEFUL_LOG_FORMAT=json)."""
+    try:
+        with path.open(errors="replace") as log:
+            return [line.rstrip("\n") for line in log if line.startswith("{")]
+    except OSError:
+        return []
 
 
 def _timeline(pods: Sequence[Pod], zero: float) -> list[str]:
