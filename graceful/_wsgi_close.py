@@ -230,6 +230,10 @@ def _parts(wrapper: Any) -> list[Any]:
     owner = wrapper.__self__ if type(wrapper) is MethodType else wrapper
     if not isinstance(owner, (FunctionType, type)) and type(owner).__module__ != "builtins":
         found += list(getattr(owner, "__dict__", {}).values())
+        # A wrapper with __slots__ keeps what it wraps there (graceful's own _Noticing does).
+        for name in getattr(type(owner), "__slots__", ()):
+            with contextlib.suppress(AttributeError):
+                found.append(getattr(owner, name))
     return [part for part in found if callable(part) and not isinstance(part, type)]
 
 
