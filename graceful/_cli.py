@@ -21,7 +21,7 @@ def _doctor(args: argparse.Namespace) -> int:
     unknown = sorted(ignore - set(RULES))
     if unknown:
         print(
-            f"graceful doctor: --ignore {', '.join(unknown)}: no such rule; known: {min(RULES)} to {max(RULES)}",
+            f"graceful doctor: --ignore {', '.join(unknown)}: no such rule; known: {min(RULES)}-{max(RULES)}",
             file=sys.stderr,
         )
         return 2

@@ -23,7 +23,7 @@ __all__ = ["RULES", "Finding", "InputError", "Report", "Rule", "Severity", "diag
 MAX_BYTES = 8 * 1024 * 1024
 STDIN = "-"
 STDIN_NAME = "<stdin>"
-_IGNORE = re.compile(r"#\s*graceful:\s*ignore\[([A-Za-z0-9_,\s]+)\]")
+_IGNORE = re.compile(r"#.*?\bgraceful:\s*ignore\[([A-Za-z0-9_,\s]+)\]")
 _SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache", ".ruff_cache"}
 _DOCKERFILES = ("Dockerfile", "Dockerfile.*", "*.Dockerfile", "*.dockerfile", "Containerfile")
 _GUNICORN = ("gunicorn.conf.py", "gunicorn*.conf.py", "gunicorn_conf.py")
@@ -161,8 +161,11 @@ def diagnose(paths: Sequence[str], *, ignore: Iterable[str] = ()) -> Report:
     run.findings += _kubernetes.check(manifests, run.conf_for)
     skip = {code.strip().upper() for code in ignore}
     kept = []
+    lines_of: dict[str, list[str]] = {}
     for item in run.findings:
-        lines = run.texts.get(item.path, "").splitlines()
+        if item.path not in lines_of:
+            lines_of[item.path] = run.texts.get(item.path, "").splitlines()
+        lines = lines_of[item.path]
         if item.code not in skip and not _ignored(item, lines):
             kept.append(item)
     kept = sorted(set(kept), key=lambda f: (f.path, f.line, f.col, f.code))

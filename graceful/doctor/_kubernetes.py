@@ -113,6 +113,14 @@ class _Cluster:
     manifests: list[Manifest]
     conf_for: Callable[[str], GunicornConf | None]
     findings: list[Finding] = dataclasses.field(default_factory=list)
+    by_kind: dict[str, list[Manifest]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for manifest in self.manifests:
+            self.by_kind.setdefault(str(manifest.body.get("kind")), []).append(manifest)
+
+    def of_kind(self, *kinds: str) -> list[Manifest]:
+        return [manifest for kind in kinds for manifest in self.by_kind.get(kind, [])]
 
     def add(self, code: str, path: str, where: tuple[int, int], message: str) -> None:
         self.findings.append(finding(code, path, where[0], where[1], message))
@@ -259,12 +267,11 @@ def _check_workload(cluster: _Cluster, manifest: Manifest) -> None:
     replicas_value = spec.get("replicas", 1)
     replicas = replicas_value if isinstance(replicas_value, int) else 1
     name = _map(body.get("metadata")).get("name", "?")
-    for other in cluster.manifests:
-        if other.body.get("kind") == "HorizontalPodAutoscaler":
-            target = _map(_map(other.body.get("spec")).get("scaleTargetRef"))
-            if target.get("name") == name and target.get("kind") == kind:
-                minimum = _map(other.body.get("spec")).get("minReplicas", 1)
-                replicas = minimum if isinstance(minimum, int) else replicas
+    for other in cluster.of_kind("HorizontalPodAutoscaler"):
+        target = _map(_map(other.body.get("spec")).get("scaleTargetRef"))
+        if target.get("name") == name and target.get("kind") == kind:
+            minimum = _map(other.body.get("spec")).get("minReplicas", 1)
+            replicas = minimum if isinstance(minimum, int) else replicas
     strategy_key = "strategy" if kind == "Deployment" else "updateStrategy"
     strategy = _map(spec.get(strategy_key))
     if strategy.get("type") == "Recreate":
@@ -288,10 +295,9 @@ def _check_workload(cluster: _Cluster, manifest: Manifest) -> None:
     if replicas == 1:
         namespace = _namespace(body)
         covered = any(
-            other.body.get("kind") == "PodDisruptionBudget"
-            and _namespace(other.body) == namespace
+            _namespace(other.body) == namespace
             and _labels_match(_map(other.body.get("spec")).get("selector"), labels)
-            for other in cluster.manifests
+            for other in cluster.of_kind("PodDisruptionBudget")
         )
         if not covered:
             at = spec.where("replicas") if "replicas" in spec else (body.line, body.col)
@@ -306,7 +312,7 @@ def _check_workload(cluster: _Cluster, manifest: Manifest) -> None:
 def _idle_timeouts(cluster: _Cluster) -> list[tuple[Manifest, float, str, tuple[int, int], list[str]]]:
     """(object, idle seconds, what states it, where, names of the Services it sends to)."""
     found: list[tuple[Manifest, float, str, tuple[int, int], list[str]]] = []
-    for manifest in cluster.manifests:
+    for manifest in cluster.of_kind("Ingress", "Service"):
         body = manifest.body
         metadata = _map(body.get("metadata"))
         annotations = _map(metadata.get("annotations"))
@@ -364,15 +370,14 @@ def _check_keep_alive(cluster: _Cluster) -> None:
         namespace = _namespace(source.body)
         services = [
             manifest
-            for manifest in cluster.manifests
-            if manifest.body.get("kind") == "Service"
-            and _namespace(manifest.body) == namespace
+            for manifest in cluster.of_kind("Service")
+            if _namespace(manifest.body) == namespace
             and _map(manifest.body.get("metadata")).get("name") in service_names
         ]
         for service in services:
             selector = _map(service.body.get("spec")).get("selector")
-            for workload in cluster.manifests:
-                if workload.body.get("kind") not in WORKLOADS or _namespace(workload.body) != namespace:
+            for workload in cluster.of_kind(*WORKLOADS):
+                if _namespace(workload.body) != namespace:
                     continue
                 template = _map(_map(workload.body.get("spec")).get("template"))
                 if not _labels_match(selector, _map(template.get("metadata")).get("labels")):
@@ -396,8 +401,7 @@ def _check_keep_alive(cluster: _Cluster) -> None:
 def check(manifests: list[Manifest], conf_for: Callable[[str], GunicornConf | None]) -> list[Finding]:
     """Findings over every Kubernetes object of the run (PDBs and Services may be in other files)."""
     cluster = _Cluster(manifests, conf_for)
-    for manifest in manifests:
-        if manifest.body.get("kind") in WORKLOADS:
-            _check_workload(cluster, manifest)
+    for manifest in cluster.of_kind(*WORKLOADS):
+        _check_workload(cluster, manifest)
     _check_keep_alive(cluster)
     return cluster.findings
