@@ -50,6 +50,15 @@ def _kind(path: str) -> str | None:
     return None
 
 
+def _sniff(text: str) -> str:
+    """A file named neither way: a Dockerfile when its first instruction is FROM or ARG, else YAML."""
+    for line in text.splitlines():
+        words = line.split(maxsplit=1)
+        if words and not words[0].startswith("#"):
+            return "dockerfile" if words[0].upper() in ("FROM", "ARG") else "yaml"
+    return "yaml"
+
+
 def _walk(directory: str) -> Iterable[str]:
     for root, dirs, files in os.walk(directory):
         # A Helm chart's templates are not YAML until rendered: `helm template . | graceful doctor -`.
@@ -135,7 +144,7 @@ def diagnose(paths: Sequence[str], *, ignore: Iterable[str] = ()) -> Report:
         elif os.path.isdir(path):
             files += [(found, _kind(found)) for found in _walk(path)]
         elif os.path.exists(path):
-            files.append((path, _kind(path) or "yaml"))
+            files.append((path, _kind(path)))
         else:
             run.errors.append(InputError(path, "no such file or directory"))
     manifests: list[_kubernetes.Manifest] = []
@@ -144,6 +153,7 @@ def diagnose(paths: Sequence[str], *, ignore: Iterable[str] = ()) -> Report:
         try:
             text = _read(path)
             run.texts[name] = text
+            kind = kind or _sniff(text)
             if kind == "gunicorn":
                 run.confs[name] = _gunicorn_conf.read(name, text)
             elif kind == "dockerfile":

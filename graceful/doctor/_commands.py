@@ -20,6 +20,9 @@ _INIT_VALUED = frozenset(
         "--drain-timeout", "--drain-signal", "--cleanup-timeout", "--state-dir", "--poll-interval",
     }
 )  # fmt: skip
+#: Programs that exec their arguments (so they are transparent): privilege droppers and tracers;
+#: the figure is how many arguments of their own come first (gosu USER, su-exec USER).
+_EXEC_WRAPPERS = {"gosu": 1, "su-exec": 1, "ddtrace-run": 0, "opentelemetry-instrument": 0, "chpst": 0}
 _GRACEFUL_FLAGS = {"--drain-delay": "GRACEFUL_DRAIN_DELAY", "--drain-timeout": "GRACEFUL_DRAIN_TIMEOUT"}
 _SEPARATORS = frozenset({"&&", "||", ";", "|", "&", ";;", "\n"})
 
@@ -232,9 +235,25 @@ def _skip_init_options(
     return args[index:], tuple(overrides), drain_signal
 
 
+def unwrap(words: list[str]) -> tuple[list[str], bool]:
+    """The program a simple command runs, past ``exec``, assignments and exec-ing wrappers (gosu)."""
+    words, execs = _strip_words(words)
+    while words:
+        name = os.path.basename(words[0])
+        if name in _EXEC_WRAPPERS:
+            words = words[1 + _EXEC_WRAPPERS[name] :]
+            while name == "chpst" and words and words[0].startswith("-"):
+                words = words[2:] if words[0] in ("-u", "-U", "-e", "-n", "-l", "-L") else words[1:]
+        elif name == "newrelic-admin" and words[1:2] == ["run-program"]:
+            words = words[2:]
+        else:
+            break
+    return words, execs
+
+
 def analyse(argv: list[str] | tuple[str, ...]) -> Command:
     """What an exec-form argv runs (init, shell, script, server)."""
-    words, _ = _strip_words(list(argv))
+    words, _ = unwrap(list(argv))
     if not words:
         return Command(argv=tuple(argv))
     name = os.path.basename(words[0])

@@ -28,7 +28,6 @@ class _Stage:
     entrypoint: _Instruction | None = None
     cmd: _Instruction | None = None
     stopsignal: _Instruction | None = None
-    env: dict[str, str] = dataclasses.field(default_factory=dict)
     #: destination in the image -> source in the build context
     copies: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -43,16 +42,6 @@ def _exec_form(value: str) -> list[str] | None:
     if isinstance(parsed, list) and all(isinstance(item, str) for item in parsed):
         return parsed
     return None
-
-
-def _env(value: str) -> dict[str, str]:
-    try:
-        words = shlex.split(value)
-    except ValueError:
-        return {}
-    if words and "=" not in words[0]:
-        return {words[0]: " ".join(words[1:])}  # legacy `ENV NAME value`
-    return dict(word.partition("=")[::2] for word in words if "=" in word)
 
 
 def _copies(value: str, workdir: str) -> dict[str, str]:
@@ -91,9 +80,7 @@ def _stages(text: str) -> list[_Stage]:
             words = value.split()
             base = names.get(words[0].lower()) if words else None
             # Only what the file shows is inherited: an image's own ENTRYPOINT/CMD are unknown here.
-            stage = (
-                dataclasses.replace(base, env=dict(base.env), copies=dict(base.copies)) if base else _Stage()
-            )
+            stage = dataclasses.replace(base, copies=dict(base.copies)) if base else _Stage()
             if len(words) >= 3 and words[1].upper() == "AS":
                 names[words[2].lower()] = stage
             stages.append(stage)
@@ -109,8 +96,6 @@ def _stages(text: str) -> list[_Stage]:
             stage.cmd = _Instruction(value, line, _exec_form(value))
         elif instruction == "STOPSIGNAL":
             stage.stopsignal = _Instruction(value.strip(), line, None)
-        elif instruction == "ENV":
-            stage.env.update(_env(value))
         elif instruction == "WORKDIR":
             workdir = os.path.join(workdir, value.strip())
         elif instruction in ("COPY", "ADD"):

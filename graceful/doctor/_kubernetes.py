@@ -212,11 +212,12 @@ def _check_container(
             "the drain fails liveness too and the pod is restarted",
         )
     drains = graceful or sleep > 0 or (hook is not None and "httpGet" in hook)
-    if command.server is not None and not drains:
+    # Only with `command:` given: args alone may run under the image's ENTRYPOINT (graceful-run).
+    if known and command.server is not None and not drains:
         cluster.add(
             "GR008",
             path,
-            container.where("command") if known else where,
+            container.where("command"),
             f"container {name!r}: {command.server.kind} closes its listener at SIGTERM and has no "
             "graceful and no preStop sleep: requests routed during endpoint propagation are refused",
         )

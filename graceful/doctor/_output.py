@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import pathlib
 
 from graceful.doctor._findings import Finding
 from graceful.doctor._rules import RULES
@@ -12,8 +14,17 @@ SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _HELP = "https://github.com/graceful-rollout/graceful/blob/main/docs/doctor.md"
 
 
+def _uri(path: str) -> str:
+    """A SARIF artifact URI: relative paths as they are (relative to the scan root), absolute as file://."""
+    if path == "<stdin>":
+        return "stdin"
+    if os.path.isabs(path):
+        return pathlib.Path(path).as_uri()
+    return pathlib.PurePath(path).as_posix().removeprefix("./")
+
+
 def text(findings: list[Finding]) -> str:
-    lines = [f"{f.path}:{f.line}:{f.col}: {f.code} [{f.severity}] {f.message}" for f in findings]
+    lines = [f"{f.path}:{f.line}:{f.col}: {f.code} {f.message}" for f in findings]
     errors = sum(f.severity == "error" for f in findings)
     if findings:
         lines.append(
@@ -50,7 +61,7 @@ def sarif(findings: list[Finding], version: str) -> str:
             "locations": [
                 {
                     "physicalLocation": {
-                        "artifactLocation": {"uri": f.path.removeprefix("./")},
+                        "artifactLocation": {"uri": _uri(f.path)},
                         "region": {"startLine": f.line, "startColumn": f.col},
                     }
                 }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graceful.doctor._commands import analyse, split_shell
+from graceful.doctor._commands import analyse, split_shell, unwrap
 from graceful.doctor._findings import Finding
 from graceful.doctor._rules import finding
 
@@ -35,7 +35,8 @@ def logical_lines(text: str) -> list[tuple[int, str]]:
 def check_script(path: str, text: str, has_init: bool, cmd: list[str] | None) -> list[Finding]:
     """GR002 for each server started without ``exec``; GR003 for background jobs without an init.
 
-    ``cmd`` is the image's exec-form CMD, which ``exec "$@"`` at the end of the script runs.
+    ``cmd`` is the image's exec-form CMD, which ``exec "$@"`` at the end of the script runs (and
+    a bare ``"$@"`` runs as a child: the docker-entrypoint.sh mistake).
     """
     findings: list[Finding] = []
     background: int | None = None
@@ -43,10 +44,22 @@ def check_script(path: str, text: str, has_init: bool, cmd: list[str] | None) ->
         for words, separator in split_shell(line):
             while words and words[0] in _KEYWORDS:
                 words = words[1:]
-            execs = bool(words) and words[0] == "exec"
+            bare, execs = unwrap(words)
             inner = analyse(words)
             if separator == "&" and background is None:
                 background = number
+            if bare[:1] in (["$@"], ["${@}"]) and not execs:
+                ran = f" ({' '.join(cmd)})" if cmd else ""
+                findings.append(
+                    finding(
+                        "GR002",
+                        path,
+                        number,
+                        1,
+                        f"'\"$@\"' runs the image's CMD{ran} as a child of the shell: SIGTERM reaches the "
+                        "shell, not the server, which is SIGKILLed at the end of the grace period",
+                    )
+                )
             if inner.server is not None and not execs:
                 how = "in the background ('&')" if separator == "&" else "as a child"
                 findings.append(
@@ -63,5 +76,4 @@ def check_script(path: str, text: str, has_init: bool, cmd: list[str] | None) ->
         findings.append(
             finding("GR003", path, background, 1, "the script starts a background job ('&') and has no init")
         )
-    del cmd  # `exec "$@"` hands over to the CMD, which the Dockerfile's own checks cover
     return findings

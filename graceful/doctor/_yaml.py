@@ -102,6 +102,11 @@ def load_all(text: str, path: str) -> list[Any]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         raise InputError(path, f"not valid YAML: {exc.problem or exc}", line) from None
+    except RecursionError:
+        raise InputError(path, "not usable YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         raise InputError(path, f"not valid YAML: {exc}") from None
-    return [_build(node, {}) for node in nodes if node is not None]
+    try:
+        return [_build(node, {}) for node in nodes if node is not None]
+    except RecursionError:  # the pure-Python loader has no nesting limit of its own
+        raise InputError(path, "not usable YAML: nested too deeply") from None

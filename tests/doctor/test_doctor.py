@@ -30,6 +30,8 @@ EXPECTED: dict[str, list[tuple[str, str, int]]] = {
     "comments-only.Dockerfile": [],
     "script-noexec.Dockerfile": [("GR002", "start.sh", 5)],
     "script-exec.Dockerfile": [],
+    "entrypoint-args.Dockerfile": [("GR002", "docker-entrypoint.sh", 5)],
+    "entrypoint-ok": [],
     "background.Dockerfile": [("GR003", "run-both.sh", 2)],
     "background-init.Dockerfile": [],
     "stopsignal-quit.Dockerfile": [("GR011", "stopsignal-quit.Dockerfile", 2)],
@@ -220,9 +222,7 @@ def test_cli_exit_codes() -> None:
     assert graceful("doctor", "Dockerfile.example").returncode == 0
     failing = graceful("doctor", "tests/doctor/corpus/shell-form.Dockerfile")
     assert failing.returncode == 1
-    assert failing.stdout.startswith(
-        "tests/doctor/corpus/shell-form.Dockerfile:6:1: GR001 [error] shell-form"
-    )
+    assert failing.stdout.startswith("tests/doctor/corpus/shell-form.Dockerfile:6:1: GR001 shell-form")
     assert graceful("doctor", "tests/doctor/corpus/stopsignal-quit.Dockerfile").returncode == 0
     missing = graceful("doctor", "no/such/file")
     assert missing.returncode == 2 and "no/such/file: no such file or directory" in missing.stderr
@@ -289,7 +289,7 @@ def test_cli_reads_helm_template_output_from_stdin() -> None:
     result = graceful("doctor", "-", stdin=rendered)
     assert result.returncode == 1
     assert result.stdout.splitlines()[0] == (
-        "<stdin>:49:7: GR004 [error] terminationGracePeriodSeconds 30 < 37 = drain_delay 10 + "
+        "<stdin>:49:7: GR004 terminationGracePeriodSeconds 30 < 37 = drain_delay 10 + "
         "drain_timeout 25 + 2 (container 'storefront'): SIGKILL comes before the drain ends"
     )
     assert len(result.stdout.splitlines()) == 2  # the finding and the summary
@@ -302,3 +302,22 @@ def test_core_import_does_not_load_the_parsers() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_cli_lists_the_rules() -> None:
+    """``--rules`` prints one line a rule: code, severity, name, summary."""
+    result = graceful("doctor", "--rules")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == list(RULES)
+    assert lines[0].startswith("GR001 error   shell-form-without-init: ")
+
+
+def test_a_file_named_neither_way_is_sniffed(tmp_path: Path) -> None:
+    """An explicit path with an unknown name: FROM first means a Dockerfile, else YAML."""
+    image = tmp_path / "image.build"
+    image.write_text("# syntax=docker/dockerfile:1\nFROM python:3.12\nCMD uvicorn app:app\n")
+    assert [f.code for f in diagnose([str(image)]).findings] == ["GR001"]
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text((CORPUS / "k8s-uvicorn-plain.yaml").read_text())
+    assert [f.code for f in diagnose([str(manifest)]).findings] == ["GR010", "GR005", "GR008"]
