@@ -290,6 +290,26 @@ def analyse(argv: list[str] | tuple[str, ...]) -> Command:
     return Command(argv=tuple(argv))
 
 
+def kill_signal(words: list[str]) -> str | None:
+    """The signal a ``kill``/``pkill``/``killall`` among ``words`` sends (TERM unless told), or None."""
+    for index, word in enumerate(words):
+        if os.path.basename(word) not in ("kill", "pkill", "killall"):
+            continue
+        rest = words[index + 1 :]
+        for position, arg in enumerate(rest):
+            if arg in ("-s", "--signal") and position + 1 < len(rest):
+                return rest[position + 1]
+            if arg.startswith("--signal="):
+                return arg.partition("=")[2]
+            name = arg[1:]
+            if arg.startswith("-") and (name.isdigit() or name.isupper()):
+                return name  # kill -9, kill -QUIT, pkill -TERM (pkill's own flags are lower case)
+            if not arg.startswith("-"):
+                break
+        return "TERM"
+    return None
+
+
 def shell_form(text: str) -> Command:
     """A Dockerfile's shell form: ``/bin/sh -c TEXT``."""
     return dataclasses.replace(analyse_shell(text), argv=("/bin/sh", "-c", text))
