@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from graceful.doctor import diagnose
+from graceful.doctor import examine
 
 DOCUMENT = """\
 ---
@@ -46,7 +46,7 @@ def main() -> None:
         runs = []
         for _ in range(5):
             started = time.perf_counter()
-            report = diagnose([str(path)])
+            report = examine([str(path)])
             runs.append(time.perf_counter() - started)
         size = path.stat().st_size / 1e6
     print(

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 def _doctor(args: argparse.Namespace) -> int:
     try:
-        from graceful.doctor import RULES, diagnose
+        from graceful.doctor import RULES, examine
         from graceful.doctor import _output as output
     except ImportError as exc:  # pragma: no cover - the extra is missing
         print(
@@ -32,7 +32,7 @@ def _doctor(args: argparse.Namespace) -> int:
     if not args.paths:
         print("graceful doctor: give at least one PATH (or - for stdin)", file=sys.stderr)
         return 2
-    report = diagnose(args.paths, ignore=ignore)
+    report = examine(args.paths, ignore=ignore)
     if args.format == "json":
         sys.stdout.write(output.as_json(report.findings))
     elif args.format == "sarif":

@@ -17,7 +17,7 @@ from graceful.doctor._findings import Finding, InputError, Severity
 from graceful.doctor._gunicorn_conf import GunicornConf
 from graceful.doctor._rules import RULES, Rule
 
-__all__ = ["RULES", "Finding", "InputError", "Report", "Rule", "Severity", "diagnose"]
+__all__ = ["RULES", "Finding", "InputError", "Report", "Rule", "Severity", "diagnose", "examine"]
 
 #: Larger inputs are refused (exit 2) rather than parsed for seconds: no manifest set is this big.
 MAX_BYTES = 8 * 1024 * 1024
@@ -132,8 +132,17 @@ class _Run:
         return None
 
 
-def diagnose(paths: Sequence[str], *, ignore: Iterable[str] = ()) -> Report:
-    """Every finding of the files in ``paths`` (files, directories, ``-`` for stdin YAML)."""
+def diagnose(paths: Sequence[str], *, ignore: Iterable[str] = ()) -> list[Finding]:
+    """Every finding of the files in ``paths``; raises the first InputError (an unreadable input)."""
+    report = examine(paths, ignore=ignore)
+    if report.errors:
+        raise report.errors[0]
+    return report.findings
+
+
+def examine(paths: Sequence[str], *, ignore: Iterable[str] = ()) -> Report:
+    """Every finding of the files in ``paths`` (files, directories, ``-`` for stdin YAML), and every
+    input that could not be read: the CLI reports both and goes on past a bad file."""
     from graceful.doctor import _compose, _dockerfile, _gunicorn_conf, _kubernetes, _procfile, _yaml
 
     run = _Run()

@@ -16,6 +16,7 @@ from graceful.doctor._manifests import (
     Manifest,
     as_map,
     as_seq,
+    config_env,
     container_command,
     container_env,
     labels_match,
@@ -103,7 +104,9 @@ def check(cluster: Cluster) -> None:
                 for container in as_seq(as_map(template.get("spec")).get("containers")):
                     container = as_map(container)
                     command, _ = container_command(container, cluster.conf_for)
-                    value = keep_alive(command, container_env(container))
+                    value = keep_alive(
+                        command, container_env(container) | config_env(command, cluster.conf_for)
+                    )
                     if value is not None and value[0] <= idle:
                         cluster.add(
                             "GR012",

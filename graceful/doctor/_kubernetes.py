@@ -15,6 +15,7 @@ from graceful.doctor._manifests import (
     Manifest,
     as_map,
     as_seq,
+    config_env,
     container_command,
     container_env,
     int_or_percent,
@@ -34,7 +35,7 @@ def _check_container(
     path = manifest.path
     name = container.get("name", "?")
     command, known = container_command(container, cluster.conf_for)
-    env = container_env(container)
+    env = container_env(container) | config_env(command, cluster.conf_for)
     sleep, hook, hook_command = pre_stop(container)
     graceful = uses_graceful(command, env)
     serves = bool(as_seq(container.get("ports"))) or command.server is not None

@@ -129,3 +129,11 @@ def container_command(container: Map, conf_for: Callable[[str], GunicornConf | N
             analysed, server=with_config(analysed.server, conf_for(analysed.server.config))
         )
     return analysed, bool(command)
+
+
+def config_env(command: Command, conf_for: Callable[[str], GunicornConf | None]) -> dict[str, str]:
+    """``raw_env`` of the gunicorn config the command names: the master sets it before it forks."""
+    if command.server is None or command.server.config is None:
+        return {}
+    conf = conf_for(command.server.config)
+    return conf.env() if conf is not None else {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from graceful.doctor import RULES, diagnose
+from graceful.doctor import RULES, InputError, diagnose, examine
 
 HERE = Path(__file__).parent
 CORPUS = HERE / "corpus"
@@ -58,6 +58,7 @@ EXPECTED: dict[str, list[tuple[str, str, int]]] = {
         ("GR011", "k8s-prestop.yaml", 47),
     ],
     "k8s-single-pdb.yaml": [],
+    "gunicorn-raw-env": [("GR004", "gunicorn-raw-env/deployment.yaml", 13)],
     "k8s-prestop-ok.yaml": [],
     "k8s-ignored.yaml": [],
     "k8s-ingress-alb.yaml": [
@@ -79,7 +80,7 @@ EXPECTED: dict[str, list[tuple[str, str, int]]] = {
 
 
 def _found(*paths: str) -> list[tuple[str, str, int]]:
-    report = diagnose([*paths, GUNICORN_CONF])
+    report = examine([*paths, GUNICORN_CONF])
     assert report.errors == []
     return [(f.code, os.path.relpath(f.path, CORPUS), f.line) for f in report.findings]
 
@@ -108,7 +109,7 @@ def test_every_rule_has_a_failing_and_a_passing_example() -> None:
 
 def test_finding_messages_carry_the_numbers() -> None:
     """GR004's message writes out the sum it compared with the grace period."""
-    report = diagnose([str(CORPUS / "k8s-probes.yaml")])
+    report = examine([str(CORPUS / "k8s-probes.yaml")])
     ledger = [f for f in report.findings if f.code == "GR004" and "ledger" in f.message]
     assert [f.message for f in ledger] == [
         "terminationGracePeriodSeconds 20 < 37 = drain_delay 10 + drain_timeout 25 + 2 (container 'ledger'): "
@@ -119,20 +120,20 @@ def test_finding_messages_carry_the_numbers() -> None:
 
 def test_project_examples_are_clean() -> None:
     """The project's own Dockerfile.example and examples/k8s/ give no finding."""
-    report = diagnose([str(ROOT / "Dockerfile.example"), str(ROOT / "examples")])
+    report = examine([str(ROOT / "Dockerfile.example"), str(ROOT / "examples")])
     assert report.errors == []
     assert report.findings == []
 
 
 def test_ignore_option_drops_a_rule() -> None:
     """``ignore=`` drops the rule's findings and nothing else."""
-    report = diagnose([str(CORPUS / "k8s-uvicorn-plain.yaml")], ignore=["GR010", "gr005"])
+    report = examine([str(CORPUS / "k8s-uvicorn-plain.yaml")], ignore=["GR010", "gr005"])
     assert [f.code for f in report.findings] == ["GR008"]
 
 
 def test_helm_chart_templates_are_skipped_in_a_directory_scan() -> None:
     """A chart's templates/ are Go templates, not YAML: a directory scan skips them."""
-    report = diagnose([str(HERE / "chart")])
+    report = examine([str(HERE / "chart")])
     assert report.errors == [] and report.findings == []
 
 
@@ -148,7 +149,7 @@ def test_malformed_input_is_an_input_error(tmp_path: Path, content: bytes, error
     """Broken YAML (with its line), a binary file and non-UTF-8 text are errors naming the file."""
     path = tmp_path / "bad.yaml"
     path.write_bytes(content)
-    report = diagnose([str(path)])
+    report = examine([str(path)])
     assert report.findings == []
     assert len(report.errors) == 1 and str(path) in str(report.errors[0]) and error in str(report.errors[0])
 
@@ -158,7 +159,7 @@ def test_empty_or_unrelated_input_gives_nothing(tmp_path: Path, name: str) -> No
     """Empty files and YAML that is neither Kubernetes nor compose give no finding and no error."""
     path = tmp_path / name
     path.write_text("" if name != "other.yml" else "- just\n- a list\n")
-    assert diagnose([str(path)]).findings == [] and diagnose([str(path)]).errors == []
+    assert examine([str(path)]).findings == [] and examine([str(path)]).errors == []
 
 
 def test_alias_bomb_is_cheap(tmp_path: Path) -> None:
@@ -168,7 +169,7 @@ def test_alias_bomb_is_cheap(tmp_path: Path) -> None:
     path = tmp_path / "bomb.yaml"
     path.write_text("\n".join(lines) + "\n")
     started = time.monotonic()
-    report = diagnose([str(path)])
+    report = examine([str(path)])
     assert report.findings == [] and report.errors == []
     assert time.monotonic() - started < 2
 
@@ -179,7 +180,7 @@ def test_ten_megabytes_of_yaml_is_refused_clearly(tmp_path: Path) -> None:
     path.write_text("items:\n" + "  - {name: padding-entry-of-some-length, value: 1234567890}\n" * 180_000)
     assert path.stat().st_size > 10_000_000
     started = time.monotonic()
-    report = diagnose([str(path)])
+    report = examine([str(path)])
     assert time.monotonic() - started < 2
     assert [str(error) for error in report.errors] == [f"{path}: larger than 8 MiB; the doctor reads less"]
 
@@ -197,7 +198,7 @@ def test_a_thousand_manifests_in_under_two_seconds(tmp_path: Path) -> None:
     path = tmp_path / "many.yaml"
     path.write_text(deployments(1000))
     started = time.monotonic()
-    report = diagnose([str(path)])
+    report = examine([str(path)])
     elapsed = time.monotonic() - started
     assert len(report.findings) == 3000
     assert elapsed < 2, f"{elapsed:.2f} s"
@@ -317,7 +318,17 @@ def test_a_file_named_neither_way_is_sniffed(tmp_path: Path) -> None:
     """An explicit path with an unknown name: FROM first means a Dockerfile, else YAML."""
     image = tmp_path / "image.build"
     image.write_text("# syntax=docker/dockerfile:1\nFROM python:3.12\nCMD uvicorn app:app\n")
-    assert [f.code for f in diagnose([str(image)]).findings] == ["GR001"]
+    assert [f.code for f in examine([str(image)]).findings] == ["GR001"]
     manifest = tmp_path / "manifest.txt"
     manifest.write_text((CORPUS / "k8s-uvicorn-plain.yaml").read_text())
-    assert [f.code for f in diagnose([str(manifest)]).findings] == ["GR010", "GR005", "GR008"]
+    assert [f.code for f in examine([str(manifest)]).findings] == ["GR010", "GR005", "GR008"]
+
+
+def test_diagnose_returns_findings_and_raises_on_unreadable_input(tmp_path: Path) -> None:
+    """The library call: a list of findings, or the InputError of the first bad file."""
+    findings = diagnose([str(CORPUS / "shell-form.Dockerfile")])
+    assert [(f.code, f.line) for f in findings] == [("GR001", 6)]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [\n")
+    with pytest.raises(InputError, match=r"broken.yaml:2: not valid YAML"):
+        diagnose([str(broken)])

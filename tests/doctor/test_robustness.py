@@ -8,7 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graceful.doctor import diagnose
+from graceful.doctor import examine
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 100), st.text(max_size=8), st.just("25%"))
 values = st.recursive(
@@ -42,7 +42,7 @@ def test_any_manifest_shape_gives_findings_not_exceptions(
     document = {"apiVersion": "apps/v1", "kind": kind, "spec": body, "services": body}
     path = tmp_path / "odd.yaml"
     path.write_text(yaml.safe_dump_all([document, body]))
-    report = diagnose([str(path)])
+    report = examine([str(path)])
     assert isinstance(report.findings, list)
 
 
@@ -63,4 +63,4 @@ def test_any_dockerfile_text_gives_findings_not_exceptions(tmp_path: Path, text:
     (tmp_path / "x.sh").write_text("uvicorn app &\n'unclosed\n")
     path = tmp_path / "Dockerfile"
     path.write_text(text)
-    assert diagnose([str(path)]).errors == []
+    assert examine([str(path)]).errors == []
