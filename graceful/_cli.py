@@ -3,34 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    try:
-        from graceful.doctor import RULES, examine
-        from graceful.doctor import _output as output
-    except ImportError as exc:  # pragma: no cover - the extra is missing
-        print(
-            f"graceful doctor: needs the doctor extra (pip install 'graceful-rollout[doctor]'): {exc}",
-            file=sys.stderr,
-        )
-        return 2
+    from graceful.doctor import RULES, examine
+    from graceful.doctor import _output as output
+
+    usage: argparse.ArgumentParser = args.parser
     ignore = {code.strip().upper() for item in args.ignore for code in item.split(",") if code.strip()}
     unknown = sorted(ignore - set(RULES))
     if unknown:
-        print(
-            f"graceful doctor: --ignore {', '.join(unknown)}: no such rule; known: {min(RULES)}-{max(RULES)}",
-            file=sys.stderr,
-        )
-        return 2
+        usage.error(f"--ignore {', '.join(unknown)}: no such rule; known: {min(RULES)}-{max(RULES)}")
     if args.rules:
         for rule in RULES.values():
             print(f"{rule.code} {rule.severity:<7} {rule.name}: {rule.summary}")
         return 0
     if not args.paths:
-        print("graceful doctor: give at least one PATH (or - for stdin)", file=sys.stderr)
+        usage.error("give at least one PATH (or - for stdin)")
+    # The parsers are the doctor extra, imported only when a file needs them: say so before reading.
+    missing = [name for name in ("yaml", "dockerfile_parse") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"graceful doctor: needs {', '.join(missing)}: pip install 'graceful-rollout[doctor]'",
+            file=sys.stderr,
+        )
         return 2
     report = examine(args.paths, ignore=ignore)
     if args.format == "json":
@@ -71,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
         help="skip a rule (repeatable, or GR001,GR002)",
     )
     doctor.add_argument("--rules", action="store_true", help="list the rules and exit")
-    doctor.set_defaults(run=_doctor)
+    doctor.set_defaults(run=_doctor, parser=doctor)
     return top
 
 

@@ -11,7 +11,6 @@ from graceful.doctor._findings import Finding
 from graceful.doctor._rules import RULES
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-_HELP = "https://github.com/graceful-rollout/graceful/blob/main/docs/doctor.md"
 
 
 def _uri(path: str) -> str:
@@ -46,8 +45,7 @@ def sarif(findings: list[Finding], version: str) -> str:
             "name": rule.name,
             "shortDescription": {"text": rule.summary},
             "fullDescription": {"text": f"{rule.summary}. Fix: {rule.fix}."},
-            "help": {"text": rule.fix},
-            "helpUri": f"{_HELP}#{rule.code.lower()}",
+            "help": {"text": f"{rule.fix} (docs/doctor.md, {rule.code})"},
             "defaultConfiguration": {"level": rule.severity},
         }
         for rule in RULES.values()
@@ -78,7 +76,6 @@ def sarif(findings: list[Finding], version: str) -> str:
                     "driver": {
                         "name": "graceful-doctor",
                         "version": version,
-                        "informationUri": _HELP,
                         "rules": rules,
                     }
                 },

@@ -230,6 +230,8 @@ def test_cli_exit_codes() -> None:
     usage = graceful("doctor", "--format", "xml", "Dockerfile.example")
     assert usage.returncode == 2 and "usage:" in usage.stderr
     assert graceful().returncode == 2
+    no_path = graceful("doctor")
+    assert no_path.returncode == 2 and "usage: graceful doctor" in no_path.stderr
     bad_code = graceful("doctor", "--ignore", "GR999", "Dockerfile.example")
     assert bad_code.returncode == 2 and "GR999: no such rule" in bad_code.stderr
 
