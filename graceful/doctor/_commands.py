@@ -181,27 +181,33 @@ def _strip_words(words: list[str]) -> tuple[list[str], bool]:
     return words[index:], execs
 
 
-def analyse_shell(text: str) -> Command:
-    """What ``sh -c TEXT`` runs: the server it starts, whether it ``exec``s it, background jobs."""
+def analyse_shell(text: str, shell: str = "sh") -> Command:
+    """What ``SHELL -c TEXT`` runs: the server it starts, whether it is exec'd, background jobs.
+
+    Debian's dash (0.5.12, the ``/bin/sh`` of the python images) forks every command, even a lone
+    one, and stays the parent: only an explicit ``exec`` counts. bash (5.2 measured) execs the last
+    simple command of a ``-c`` text itself (``cd /app && uvicorn app`` leaves no bash behind), but
+    not one in a pipeline or followed by anything.
+    """
     commands = split_shell(text)
     server: Server | None = None
     execs = False
     execs_args = False
     spawns = any(separator == "&" for _, separator in commands)
-    for words, _ in commands:
+    for index, (words, separator) in enumerate(commands):
         words, has_exec = _strip_words(words)
         if not words:
             continue
         found = _server(words) or analyse(words).server
         if found is not None:
             server = found
-            # Only an explicit `exec`: Debian's dash (0.5.12, /bin/sh of the python images) forks
-            # even for `sh -c 'uvicorn app'` and stays the parent (bash would exec a lone command).
-            execs = has_exec
+            last = index == len(commands) - 1 and separator == ""
+            piped = index > 0 and commands[index - 1][1] == "|"
+            execs = has_exec or (shell == "bash" and last and not piped)
         if has_exec and words[0] in ('"$@"', "$@"):
             execs_args = True
     return Command(
-        argv=("/bin/sh", "-c", text),
+        argv=(shell, "-c", text),
         shell_text=text,
         server=server,
         execs=execs,
@@ -279,7 +285,7 @@ def analyse(argv: list[str] | tuple[str, ...]) -> Command:
         if any("c" in flag.lstrip("-") for flag in flags if not flag.startswith("--")):
             position = next(i for i, arg in enumerate(args) if arg.startswith("-") and "c" in arg)
             text = args[position + 1] if position + 1 < len(args) else ""
-            return dataclasses.replace(analyse_shell(text), argv=tuple(argv))
+            return dataclasses.replace(analyse_shell(text, name), argv=tuple(argv))
         scripts = [arg for arg in args if not arg.startswith("-")]
         return Command(argv=tuple(argv), script=scripts[0] if scripts else None)
     server = _server(words)
@@ -308,8 +314,3 @@ def kill_signal(words: list[str]) -> str | None:
                 break
         return "TERM"
     return None
-
-
-def shell_form(text: str) -> Command:
-    """A Dockerfile's shell form: ``/bin/sh -c TEXT``."""
-    return dataclasses.replace(analyse_shell(text), argv=("/bin/sh", "-c", text))

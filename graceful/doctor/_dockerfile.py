@@ -9,7 +9,7 @@ import os
 import shlex
 from collections.abc import Callable
 
-from graceful.doctor._commands import Command, analyse, analyse_shell, split_shell
+from graceful.doctor._commands import Command, analyse, split_shell
 from graceful.doctor._drain import stop_signal_problem
 from graceful.doctor._findings import Finding
 from graceful.doctor._rules import finding
@@ -28,6 +28,8 @@ class _Stage:
     entrypoint: _Instruction | None = None
     cmd: _Instruction | None = None
     stopsignal: _Instruction | None = None
+    #: What runs the shell forms (the SHELL instruction; Docker's default otherwise).
+    shell: tuple[str, ...] = ("/bin/sh", "-c")
     #: destination in the image -> source in the build context
     copies: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -94,6 +96,10 @@ def _stages(text: str) -> list[_Stage]:
             stage.cmd = None  # Docker: setting ENTRYPOINT resets a CMD inherited from the base
         elif instruction == "CMD":
             stage.cmd = _Instruction(value, line, _exec_form(value))
+        elif instruction == "SHELL":
+            form = _exec_form(value)
+            if form:
+                stage.shell = tuple(form)
         elif instruction == "STOPSIGNAL":
             stage.stopsignal = _Instruction(value.strip(), line, None)
         elif instruction == "WORKDIR":
@@ -107,10 +113,10 @@ def _command(stage: _Stage) -> tuple[Command, _Instruction] | None:
     """The command the image runs, and the instruction to point at when it is wrong."""
     entrypoint, cmd = stage.entrypoint, stage.cmd
     if entrypoint is not None and entrypoint.exec_form is None:
-        return analyse_shell(entrypoint.value), entrypoint  # shell-form ENTRYPOINT ignores CMD
+        return analyse([*stage.shell, entrypoint.value]), entrypoint  # shell-form ENTRYPOINT ignores CMD
     argv: list[str] = list(entrypoint.exec_form or []) if entrypoint else []
     if cmd is not None:
-        argv += cmd.exec_form if cmd.exec_form is not None else ["/bin/sh", "-c", cmd.value]
+        argv += cmd.exec_form if cmd.exec_form is not None else [*stage.shell, cmd.value]
     if not argv:
         return None
     where = cmd if cmd is not None and (cmd.exec_form is None or entrypoint is None) else entrypoint
@@ -134,7 +140,7 @@ def check(path: str, text: str, read: Callable[[str], str | None]) -> list[Findi
         cause = (
             f"{command.init} signals only its child, the shell (add -g)"
             if has_init
-            else "/bin/sh is PID 1 and does not pass SIGTERM on"
+            else f"{os.path.basename(command.argv[0])} is PID 1 and does not pass SIGTERM on"
         )
         findings.append(
             finding(

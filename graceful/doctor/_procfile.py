@@ -19,11 +19,11 @@ def check(path: str, text: str, read: Callable[[str], str | None], base: str) ->
         if not line or line.startswith("#") or ":" not in line:
             continue
         name, _, command_text = line.partition(":")
-        command = analyse_shell(command_text.strip())
-        commands = command_text.count("&&") + command_text.count(";") + command_text.count("|")
-        # bash -c execs a lone simple command itself; a list (`cd app && gunicorn ...`) keeps bash as
-        # the parent, and the buildpacks' launcher makes that bash PID 1.
-        if command.server is not None and commands and not command.execs:
+        # Heroku and the buildpacks' launcher run the line with `bash -c`: bash execs its last simple
+        # command, but a server in a pipeline (`gunicorn ... | tee`) or before another command
+        # keeps bash as its parent, and the launcher makes that bash PID 1.
+        command = analyse_shell(command_text.strip(), "bash")
+        if command.server is not None and not command.execs:
             findings.append(
                 finding(
                     "GR001",

@@ -83,6 +83,21 @@ def test_shell_text(text: str, execs: bool, spawns: bool) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "execs"),
+    [
+        ("uvicorn app:app", True),
+        ("cd /app && uvicorn app:app", True),
+        ("uvicorn app:app | tee log", False),
+        ("uvicorn app:app; echo done", False),
+        ("uvicorn app:app & wait", False),
+    ],
+)
+def test_bash_execs_its_last_command(text: str, execs: bool) -> None:
+    """bash -c execs the last simple command itself (5.2, measured), not one piped or followed."""
+    assert analyse(["bash", "-c", text]).execs is execs
+
+
+@pytest.mark.parametrize(
     ("words", "signal"),
     [
         (["sleep", "5"], None),

@@ -24,6 +24,8 @@ EXPECTED: dict[str, list[tuple[str, str, int]]] = {
     "inherited.Dockerfile": [("GR001", "inherited.Dockerfile", 2)],
     "tini-nogroup.Dockerfile": [("GR001", "tini-nogroup.Dockerfile", 3)],
     "exec-form.Dockerfile": [],
+    "bash-shell.Dockerfile": [],
+    "bash-pipe.Dockerfile": [("GR001", "bash-pipe.Dockerfile", 3)],
     "shell-exec.Dockerfile": [],
     "tini-group.Dockerfile": [],
     "ignored.Dockerfile": [],
