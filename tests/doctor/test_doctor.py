@@ -336,3 +336,13 @@ def test_diagnose_returns_findings_and_raises_on_unreadable_input(tmp_path: Path
     broken.write_text("a: [\n")
     with pytest.raises(InputError, match=r"broken.yaml:2: not valid YAML"):
         diagnose([str(broken)])
+
+
+def test_inline_ignore_in_scripts_and_procfiles(tmp_path: Path) -> None:
+    """``# graceful: ignore[CODE]`` works in an entry script and a Procfile, on the line or the line before."""
+    (tmp_path / "Dockerfile").write_text('FROM python:3.12\nCOPY run.sh /run.sh\nENTRYPOINT ["/run.sh"]\n')
+    (tmp_path / "run.sh").write_text("#!/bin/sh\n# graceful: ignore[GR002]\nuvicorn app:app\n")
+    (tmp_path / "Procfile").write_text("web: gunicorn app:app | tee log  # graceful: ignore[GR001]\n")
+    assert examine([str(tmp_path)]).findings == []
+    (tmp_path / "run.sh").write_text("#!/bin/sh\n# graceful: ignore[GR003]\nuvicorn app:app\n")
+    assert [(f.code, f.line) for f in examine([str(tmp_path)]).findings] == [("GR002", 3)]
