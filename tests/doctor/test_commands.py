@@ -117,8 +117,8 @@ def test_needed_grace_sums() -> None:
     """graceful: preStop + delay + timeout + 2; gunicorn: preStop + graceful_timeout; uvicorn: no bound."""
     graceful = analyse(["graceful-run", "--", "uvicorn", "app:app"])
     assert needed_grace(graceful, {"GRACEFUL_DRAIN_DELAY": "10"}, 0.0) == (
-        37.0,
-        "drain_delay 10 + drain_timeout 25 + 2",
+        35.0,
+        "drain_delay 10 + drain_timeout 23 + 2",
     )
     assert needed_grace(analyse(["gunicorn", "app:app"]), {}, 5.0) == (
         35.0,
@@ -127,8 +127,8 @@ def test_needed_grace_sums() -> None:
     assert needed_grace(analyse(["uvicorn", "app:app"]), {}, 5.0) is None
     # A bad GRACEFUL_* value falls back to the defaults (the server itself would refuse to start).
     assert needed_grace(graceful, {"GRACEFUL_DRAIN_DELAY": "soon"}, 0.0) == (
-        32.0,
-        "drain_delay 5 + drain_timeout 25 + 2",
+        30.0,
+        "drain_delay 5 + drain_timeout 23 + 2",
     )
 
 
