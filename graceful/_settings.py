@@ -80,7 +80,7 @@ class Settings:
     #: clusters, 0 for local runs).
     drain_delay: float = 5.0
     #: Seconds in-flight requests get to finish after the listeners close; then they are cut.
-    drain_timeout: float = 25.0
+    drain_timeout: float = 23.0
     #: Prefix of the probe endpoints: ``{health_path}``, ``/live``, ``/ready``, ``/startup`` below it.
     health_path: str = "/healthz"
     #: Path of the endpoint that starts the drain (a preStop hook or a VM's deregistration hook).

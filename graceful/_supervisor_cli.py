@@ -29,7 +29,7 @@ Run COMMAND as the child of a PID-1 supervisor: forward signals, reap zombies, d
 drain (each also a GRACEFUL_* variable):
   --drain-delay S       seconds between SIGTERM (or /shutdown) and forwarding it; readiness fails
                         at once (GRACEFUL_DRAIN_DELAY, default 5)
-  --drain-timeout S     seconds after forwarding before SIGKILL (GRACEFUL_DRAIN_TIMEOUT, default 25)
+  --drain-timeout S     seconds after forwarding before SIGKILL (GRACEFUL_DRAIN_TIMEOUT, default 23)
   --drain-signal SIG    the signal that starts the drain (GRACEFUL_DRAIN_SIGNAL, default TERM)
   --cleanup-timeout S   when the child exits, seconds the rest of its group gets between SIGTERM and
                         SIGKILL (GRACEFUL_CLEANUP_TIMEOUT, default 2)
@@ -126,7 +126,7 @@ class Options:
         *,
         command: list[str],
         drain_delay: float = 5.0,
-        drain_timeout: float = 25.0,
+        drain_timeout: float = 23.0,
         drain_signal: int = signal.SIGTERM,
         cleanup_timeout: float = 2.0,
         leave_survivors: bool = False,

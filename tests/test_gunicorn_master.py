@@ -78,7 +78,7 @@ def test_prepare_master_makes_a_board_sized_for_a_reload(monkeypatch: pytest.Mon
         assert get_lifecycle() is made and not made.external
         assert made.board.slots >= 88
         assert made.board.owner_pid == os.getpid()
-        assert cfg.graceful_timeout == 25  # drain_timeout's default
+        assert cfg.graceful_timeout == 23  # drain_timeout's default
     finally:
         set_lifecycle(None)
         made.close()

@@ -10,7 +10,7 @@ from graceful import Settings, SettingsError
 def test_defaults_fit_the_kubernetes_default_grace_period() -> None:
     """drain_delay + drain_timeout + 2 s fits the default terminationGracePeriodSeconds of 30 s."""
     settings = Settings()
-    assert settings.drain_delay == 5.0 and settings.drain_timeout == 25.0
+    assert settings.drain_delay == 5.0 and settings.drain_timeout == 23.0
     assert settings.drain_delay + settings.drain_timeout <= 30.0
     assert settings.shutdown_token is None and settings.shutdown_trust_loopback
     assert not settings.shutdown_allow_get

@@ -1,0 +1,3 @@
+FROM python:3.12-slim
+COPY run-both.sh /run-both.sh
+ENTRYPOINT ["/run-both.sh"]

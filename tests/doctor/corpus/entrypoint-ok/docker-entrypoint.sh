@@ -1,0 +1,7 @@
+#!/bin/sh
+set -e
+if [ "$1" = "gunicorn" ]; then
+  chown -R app /data
+  exec gosu app "$@"
+fi
+exec "$@"

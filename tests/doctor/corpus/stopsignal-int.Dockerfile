@@ -1,0 +1,3 @@
+FROM python:3.12-slim
+STOPSIGNAL SIGINT
+CMD ["uvicorn", "app:app"]
