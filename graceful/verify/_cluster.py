@@ -256,6 +256,9 @@ class PodSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     pre_stop: PreStop = None
     readiness_path: str = "/healthz/ready"
+    #: A 404 on the readiness path counts as ready (the server answers HTTP, so TCP is up): for an
+    #: app without a readiness endpoint (graceful verify's fallback; the cluster says so once).
+    readiness_fallback: bool = False
 
 
 @dataclass
@@ -313,6 +316,7 @@ class Cluster:
         isolation: Isolation = "pid-namespace",
         cwd: Path | None = None,
         pythonpath: Sequence[str] = (),
+        inherit_graceful_env: bool = False,
     ) -> None:
         """``pod_ips``: give each pod its own loopback address from this list, all on one port
         (``pod_port``, a free one if 0), as pod IPs behind a headless Service; else each pod gets
@@ -320,9 +324,13 @@ class Cluster:
         (root), or a process group of its own. ``cwd`` and ``pythonpath``: where pods start, and
         directories put first on their PYTHONPATH."""
         self.workdir = workdir
+        self.fallback_note = ""
         self.isolation = isolation
         self.cwd = cwd
         self.pythonpath = list(pythonpath)
+        # The tests give each pod exactly its spec's GRACEFUL_* settings; graceful verify passes
+        # the user's own through.
+        self.inherit_graceful_env = inherit_graceful_env
         self._free_ips = list(pod_ips)
         self.pod_port = (pod_port or free_port()) if pod_ips else 0
         self.balancer = balancer
@@ -348,10 +356,15 @@ class Cluster:
         argv = [part.replace("{port}", str(port)).replace("{host}", host) for part in spec.argv]
         if argv and argv[0] == "python":  # this interpreter (a virtualenv's is not always on PATH)
             argv[0] = sys.executable
-        env = {key: value for key, value in os.environ.items() if not key.startswith("GRACEFUL_")}
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if self.inherit_graceful_env or not key.startswith("GRACEFUL_")
+        }
         env.update(
             {
                 "POD_NAME": name,
+                "PORT": str(port),
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": os.pathsep.join(filter(None, [*self.pythonpath, env.get("PYTHONPATH")])),
                 # As in an image, `python` (also one a supervisor starts) is the one with the
@@ -424,9 +437,16 @@ class Cluster:
                 self._reap(pod)
                 try:
                     # A fresh connection per probe, as the kubelet does.
-                    ok = 200 <= client.get(url, headers={"connection": "close"}).status_code < 400
+                    status = client.get(url, headers={"connection": "close"}).status_code
                 except httpx.HTTPError:
-                    ok = False
+                    status = 0
+                ok = 200 <= status < 400
+                if status == 404 and pod.spec.readiness_fallback:
+                    ok = True
+                    self.fallback_note = self.fallback_note or (
+                        f"warning: {pod.spec.readiness_path} answered 404: readiness fell back to "
+                        "'it answers HTTP' (a TCP probe); pass --ready PATH for a real one"
+                    )
                 now = time.monotonic()
                 if ok and pod.ready_at is None:
                     pod.ready_at = now
@@ -472,11 +492,22 @@ class Cluster:
         pod.removed_at = time.monotonic()
 
     def wait_added(self, pod: Pod, timeout: float = 20.0) -> None:
-        if not pod.added.wait(timeout):
-            raise RuntimeError(
-                f"{pod.name} not added to the balancer within {timeout} s "
-                f"(ready_at={pod.ready_at}, exit={pod.process.poll()}); log:\n{pod.log_tail()}"
-            )
+        """Wait until the balancer has ``pod``; a pod that exits first ends the wait at once."""
+        deadline = time.monotonic() + timeout
+        for _ in range(int(timeout / 0.05) + 2):
+            if pod.added.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+                return
+            status = pod.process.poll()
+            if status is not None:
+                raise RuntimeError(
+                    f"{pod.name} exited with status {status} before it was ready; log:\n{pod.log_tail()}"
+                )
+            if time.monotonic() >= deadline:
+                break
+        raise RuntimeError(
+            f"{pod.name} not added to the balancer within {timeout} s "
+            f"(ready_at={pod.ready_at}, exit={pod.process.poll()}); log:\n{pod.log_tail()}"
+        )
 
     # -- kubelet: deletion --------------------------------------------------------------------------
 

@@ -77,7 +77,11 @@ class Report:
             + (", ".join(f"{kind} {count}" for kind, count in self.failures.items() if count) or "none"),
         ]
         for pod in self.pods:
-            exit_text = "did not exit" if pod.term_to_exit is None else f"exited {pod.term_to_exit:.2f} s after SIGTERM"
+            exit_text = (
+                "did not exit"
+                if pod.term_to_exit is None
+                else f"exited {pod.term_to_exit:.2f} s after SIGTERM"
+            )
             lines.append(
                 f"  {pod.name}: {exit_text}, status {pod.exit_status}, "
                 f"{'SIGKILLed' if pod.sigkilled else 'no SIGKILL'}"
@@ -123,13 +127,21 @@ def diagnose(load: LoadResult, pods: Sequence[PodOutcome], *, grace: float) -> l
 
     def example(*kinds: str, client: str | None = None) -> str:
         for sample in load.samples:
-            if any(f": {kind}: " in sample for kind in kinds) and (client is None or f" {client}: " in sample):
+            if any(f": {kind}: " in sample for kind in kinds) and (
+                client is None or f" {client}: " in sample
+            ):
                 return sample.strip()
         return "-"
 
-    new_connections = sum(count for (client, kind), count in load.outcomes.items() if client == "newconn" and kind in (CONNECT, RESET))
+    new_connections = sum(
+        count
+        for (client, kind), count in load.outcomes.items()
+        if client == "newconn" and kind in (CONNECT, RESET)
+    )
     kept_alive = sum(
-        count for (client, kind), count in load.outcomes.items() if client in ("keepalive", "idle") and kind in (CONNECT, RESET)
+        count
+        for (client, kind), count in load.outcomes.items()
+        if client in ("keepalive", "idle") and kind in (CONNECT, RESET)
     )
     if new_connections:
         found.append(
@@ -148,7 +160,9 @@ def diagnose(load: LoadResult, pods: Sequence[PodOutcome], *, grace: float) -> l
             Diagnosis(
                 kind="reset on a kept-alive connection",
                 count=kept_alive,
-                example=example(CONNECT, RESET, client="keepalive") if example(CONNECT, RESET, client="keepalive") != "-" else example(CONNECT, RESET, client="idle"),
+                example=example(CONNECT, RESET, client="keepalive")
+                if example(CONNECT, RESET, client="keepalive") != "-"
+                else example(CONNECT, RESET, client="idle"),
                 cause="the server closed kept-alive connections under their clients (or the listener "
                 "refused their reconnection): no Connection: close while draining",
                 fix="graceful's middleware answers Connection: close while draining, so clients move "
@@ -174,7 +188,8 @@ def diagnose(load: LoadResult, pods: Sequence[PodOutcome], *, grace: float) -> l
                 kind=TIMEOUT,
                 count=counts[TIMEOUT],
                 example=example(TIMEOUT),
-                cause="requests hung: a pod stopped reading but kept connections open, or was SIGKILLed mid-request",
+                cause="requests hung: a pod stopped reading but kept its connections open, "
+                "or was SIGKILLed mid-request",
                 fix="let in-flight requests finish (GRACEFUL_DRAIN_TIMEOUT) within the grace period",
             )
         )
@@ -198,8 +213,9 @@ def diagnose(load: LoadResult, pods: Sequence[PodOutcome], *, grace: float) -> l
                 cause="SIGTERM never reached the server, or it did not stop: a shell wrapper "
                 "(sh -c, a start script without exec) is PID 1 and does not forward it, or the drain "
                 "takes longer than the grace period",
-                fix="make the server PID 1 or put graceful-run first (ENTRYPOINT [\"graceful-run\", \"--\", ...]); "
-                "exec the server in start scripts; keep drain_delay + drain_timeout + 2 s within the grace period",
+                fix='make the server PID 1 or put graceful-run first (ENTRYPOINT ["graceful-run", "--", '
+                "...]); exec the server in start scripts; keep drain_delay + drain_timeout + 2 s within "
+                "the grace period",
             )
         )
     return found
