@@ -43,6 +43,7 @@ from graceful.verify._cluster import (  # the one implementation; re-exported fo
     free_port,
     stop_process,
 )
+from graceful.verify._run import replace_all
 from tests.e2e.load import FAILURE_KINDS, Load, LoadConfig, LoadResult
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -262,21 +263,11 @@ def run_rollout(scenario: Scenario, *, keep_dir: bool = False) -> RolloutReport:
         load: Load | None = None
         result: LoadResult | None = None
         try:
-            old = [
-                kube.start_pod(f"{scenario.name}-old{number}", scenario.spec)
-                for number in range(scenario.pods)
-            ]
-            for pod in old:
-                kube.wait_added(pod)
             load = Load(LOCALHOST, kube.balancer.port, scenario.load)
-            load.start()
-            for number, pod in enumerate(old):
-                replacement = kube.start_pod(f"{scenario.name}-new{number}", scenario.spec)
-                kube.wait_added(replacement)  # ready, then `lag` later in the balancer
-                kube.delete_pod(pod)  # the next replacement does not wait for this one to exit
-            # Keep the load on for the whole termination of every old pod, then a little longer.
-            if not kube.wait_exited(old, scenario.grace + 15):
-                kube.errors.append("old pods still running after the grace period")
+            # The rolling update itself is graceful verify's (one implementation).
+            replace_all(
+                kube, scenario.spec, replicas=scenario.pods, name=scenario.name, start_load=load.start
+            )
             time.sleep(scenario.settle_seconds)  # load only; nothing is asserted on timing here
         finally:
             if load is not None:
