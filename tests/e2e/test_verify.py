@@ -137,3 +137,14 @@ def test_a_missing_haproxy_is_a_clear_error(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # python, but no haproxy
     status, _, stderr = verify("--", "uvicorn", APP, "--port", "$PORT", env=env)
     assert status == 2 and "haproxy is not installed" in stderr and "apt-get install haproxy" in stderr
+
+
+def test_a_service_without_a_readiness_path_falls_back_and_pid_1_ignoring_sigterm_is_found() -> None:
+    """python -m http.server: /healthz/ready is a 404 (readiness falls back, with a warning), and as
+    PID 1 of its namespace Python has no default SIGTERM action: the rollout ends in SIGKILLs."""
+    status, report, stderr = verify(
+        "--grace", "3", "--url-path", "/", "--", "python", "-m", "http.server", "$PORT", "--bind", "127.0.0.1"
+    )
+    assert status == 1, (report, stderr)
+    assert report["readiness"].startswith("tcp") and "answered 404: readiness fell back" in stderr
+    assert report["sigkilled"] == 2 and "sigkill" in kinds(report), report
