@@ -1,7 +1,12 @@
 """Rolling update under load, graceful against the baselines: how many requests each one loses.
 
     python bench/rollout.py [--lag 2] [--drain-delay 3] [--repeat 1] [--scenarios graceful,uvicorn,...]
-                            [--balancer haproxy,nginx,envoy]
+                            [--balancer haproxy,nginx,envoy] [--containers]
+
+``--containers`` adds, in the same run, the example image (Dockerfile.example, built on an
+mmdebstrap base from a host wheelhouse) in a real Docker: graceful-run as ENTRYPOINT beside CMD
+uvicorn, a shell-form CMD and ``docker run --init`` (tests/e2e/docker.py; needs docker.io and
+mmdebstrap, starts dockerd when it is not running).
 
 Every scenario replaces 2 pods behind each balancer (default: every one this machine has) with the
 given propagation lag while keep-alive, new-connection, slow, streamed, websocket and idle clients
@@ -218,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario")
     parser.add_argument("--scenarios", default=DEFAULT, help=f"comma-separated, from: {', '.join(SCENARIOS)}")
     parser.add_argument("--verbose", action="store_true", help="print each run's full summary")
+    parser.add_argument("--containers", action="store_true", help="also the container scenarios (Docker)")
     add_balancer_option(parser)
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.scenarios.split(",") if name.strip()]
@@ -242,7 +248,40 @@ def main(argv: list[str] | None = None) -> int:
         f"drain delay {args.drain_delay:g} s, grace {args.grace:g} s"
     )
     run_tables(balancers, names, scenario, repeat=args.repeat, verbose=args.verbose)
+    if args.containers:
+        run_containers(args.drain_delay, verbose=args.verbose)
     return 0
+
+
+def run_containers(drain_delay: float, *, verbose: bool) -> None:
+    """The example image's containers replaced behind HAProxy, as shipped and as the baselines."""
+    import tempfile
+
+    from tests.e2e.docker import (
+        base_image,
+        build_example,
+        container_rollout,
+        container_scenarios,
+        dockerd,
+        missing,
+    )
+
+    lacking = missing()
+    if lacking:
+        print(f"containers: skipped: {'; '.join(lacking)}")
+        return
+    with tempfile.TemporaryDirectory(prefix="graceful-bench-") as work, dockerd(Path(work)):
+        image = build_example(base_image())
+        rows = [["container", "requests", "failed", "exit codes", "docker stop (s)"]]
+        for name, (description, args, grace) in container_scenarios(image, drain_delay).items():
+            outcome = container_rollout(Path(work) / name.replace(" ", "-"), args, grace=grace)
+            if verbose:
+                print(outcome.summary)
+            stops = " / ".join(f"{seconds:.2f}" for seconds in outcome.stop_seconds)
+            codes = " / ".join(str(code) for code in outcome.exit_codes)
+            rows.append([description, str(outcome.requests), str(outcome.failed), codes, stops])
+    print("containers (docker run --network host, docker stop -t GRACE; 137 = SIGKILLed):")
+    print(table(rows))
 
 
 if __name__ == "__main__":
