@@ -137,6 +137,7 @@ def build_example(base: str, tag: str = "graceful-example:e2e") -> str:
             "--wheel-dir",
             str(wheelhouse),
             f".[{EXAMPLE_EXTRAS}]",
+            "websockets",  # what Dockerfile.example installs beside the extras (the app's /ws)
         ],
         600,
         cwd=REPO_ROOT,
@@ -240,9 +241,9 @@ class DockerCluster(Cluster):
 LAG = 2.0
 DRAIN_DELAY = 3.0
 APP = "examples.starlette_app:app"
-# Fewer clients than the in-process rollouts: every pod is a container, 2 cores. No websockets: the
-# example image's uvicorn has no websocket library (uvicorn, not uvicorn[standard]).
-LOAD = LoadConfig(keepalive=2, newconn=2, slow=1, stream=1, websocket=0, idle=1, slow_seconds=1.0)
+# Every client kind of ROLLOUT.md, fewer of each than the in-process rollouts: every pod is a
+# container, on 2 cores.
+LOAD = LoadConfig(keepalive=2, newconn=2, slow=1, stream=1, websocket=1, idle=1, slow_seconds=1.0)
 # The app (examples/starlette_app.py) has graceful's middleware; under plain uvicorn it would hook
 # SIGTERM and drain anyway. The baselines turn that off: uvicorn's stock SIGTERM behaviour.
 STOCK = ["-e", "GRACEFUL_CHAIN_SERVER_SIGNALS=0"]
