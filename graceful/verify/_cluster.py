@@ -49,6 +49,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc: children of children, bounded), found while ``pid``
+    lives: once it is killed they are re-parented and the link is gone."""
+    found: list[int] = []
+    queue = [pid]
+    for _ in range(10_000):
+        if not queue:
+            break
+        parent = queue.pop()
+        with contextlib.suppress(OSError, ValueError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
+                for child in map(int, children):
+                    if child not in found:
+                        found.append(child)
+                        queue.append(child)
+    return found
+
+
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: SIGKILL it when the thread that started it dies.
     libc = ctypes.CDLL(None, use_errno=True)
@@ -534,11 +553,19 @@ class Cluster:
                 self._wait_exit(pod, 5.0)
 
     def _kill(self, pod: Pod) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if self.isolation == "pid-namespace":
+        """SIGKILL the pod: PID 1 takes its namespace with it; without one, its group and every
+        process below it (a supervisor such as graceful-run starts its child in a session of its
+        own, which a killpg of the pod's group would miss and leave running)."""
+        if self.isolation == "pid-namespace":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pod.pid1, signal.SIGKILL)
-            else:
-                os.killpg(pod.pid1, signal.SIGKILL)
+            return
+        below = descendants(pod.pid1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pod.pid1, signal.SIGKILL)
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     def _run_pre_stop(self, pod: Pod, kill_at: float) -> None:
         hook = pod.spec.pre_stop

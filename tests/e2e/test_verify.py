@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,22 @@ def test_without_root_it_runs_process_groups() -> None:
     report = json.loads(result.stdout)
     assert report["isolation"] == "process-group" and report["ok"], report
     assert "process group of its own (not root" in result.stderr
+    # Nothing left behind: graceful-run's child sits in a process group of its own, and the
+    # replacements still running at the end are killed by session, not by group.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _left_behind():
+        time.sleep(0.1)
+    assert not _left_behind(), _left_behind()
+
+
+def _left_behind() -> list[str]:
+    found = subprocess.run(
+        ["pgrep", "-u", "nobody", "-af", f"graceful.uvicorn {APP}"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return found.stdout.splitlines()
 
 
 def test_a_missing_haproxy_is_a_clear_error(tmp_path: Path) -> None:
