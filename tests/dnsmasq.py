@@ -20,10 +20,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+
+from graceful.verify._cluster import _wait_until  # the harness's one bounded poll
 
 LOCALHOST = "127.0.0.1"
 START_TIMEOUT = 5.0
@@ -49,18 +50,6 @@ def free_udp_port() -> int:
                     continue
                 return port
     raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1 after 20 tries")
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``condition`` until true or ``timeout``; bounded in time and in count."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / interval) + 2):
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    return condition()
 
 
 class Dnsmasq:

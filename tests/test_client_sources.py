@@ -24,6 +24,7 @@ from graceful.client._sources import (
     make_source,
     parse_address,
 )
+from graceful.verify._cluster import _wait_until
 from tests.dnsmasq import Dnsmasq, dnsmasq_binary
 
 REFRESH = 0.2
@@ -31,15 +32,8 @@ WAIT = 5.0  # bound of every wait for a background refresh; they take about REFR
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = WAIT, interval: float = 0.01) -> bool:
-    """Poll ``condition`` until true or ``timeout``; bounded in time and in count."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / interval) + 2):
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    return condition()
+    """The harness's bounded poll, with this file's bound."""
+    return _wait_until(condition, timeout, interval)
 
 
 def addresses(*texts: str) -> tuple[Address, ...]:
